@@ -1,0 +1,45 @@
+"""Model registry: `get_model(name, **kwargs) -> Model`.
+
+Each module listed in `_MODULES` defines `MODELS: dict[str, Callable[..., Model]]`;
+adding a model is adding a constructor there (and the module here if it is new).
+Modules are imported on first use so that `import jaxdl` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from jaxdl.models.base import Model, from_flax, split_variables
+
+_MODULES = ("mlp", "cnn", "lstm", "transformer", "gan", "rbm", "dbn",
+            "autoencoder")
+_REGISTRY: dict[str, Callable[..., Model]] | None = None
+
+
+def registry() -> dict[str, Callable[..., Model]]:
+  global _REGISTRY
+  if _REGISTRY is None:
+    reg = {}
+    for mod in _MODULES:
+      try:
+        m = importlib.import_module(f"jaxdl.models.{mod}")
+      except ModuleNotFoundError as e:
+        if e.name == f"jaxdl.models.{mod}":
+          continue
+        raise
+      reg.update(getattr(m, "MODELS", {}))
+    _REGISTRY = reg
+  return _REGISTRY
+
+
+def get_model(name: str, **kwargs) -> Model:
+  reg = registry()
+  if name not in reg:
+    raise ValueError(f"unknown model {name!r}: choose one of {sorted(reg)} "
+                     "(--config.model.name=...)")
+  model = reg[name](**kwargs)
+  return model if model.name else Model(model.init, model.apply, model.module, name)
+
+
+__all__ = ["Model", "from_flax", "split_variables", "get_model", "registry"]
