@@ -1,0 +1,1 @@
+"""Experiments: thin absl mains; all logic lives in `jaxdl/`."""

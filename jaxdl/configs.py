@@ -1,0 +1,72 @@
+"""The base config every experiment starts from, and its validation."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value is out of range; the message names it and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "classification"
+  c.dataset = "digits"
+  c.data_dir = ""  # where the official files are (mnist, cifar10, imdb, tfds)
+  c.tfds_name = ""
+  c.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": ml_collections.ConfigDict()})
+  c.loss = "softmax_cross_entropy"
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0,
+      decay_steps=0, momentum=0.9, weight_decay=0.0, l1=0.0, l2=0.0,
+      grad_clip_norm=0.0))
+  c.batch_size = 128          # global, over all devices and processes
+  c.eval_batch_size = 0       # 0: batch_size
+  c.num_steps = 0             # 0: num_epochs * steps per epoch
+  c.num_epochs = 1
+  c.eval_every = 0            # steps; 0: once per epoch (and at the end)
+  c.checkpoint_every = 0      # steps; 0: at every evaluation
+  c.keep_checkpoints = 3
+  c.log_every = 100
+  c.seed = 0
+  c.dtype = "float32"         # compute dtype: float32 or bfloat16
+  c.augment = ml_collections.ConfigDict(dict(crop_padding=0, flip=False))
+  c.normalize = ml_collections.ConfigDict(dict(mean=(), std=()))
+  c.async_checkpoints = True
+  c.tensorboard = True
+  return c
+
+
+def _positive(config, field, allow_zero=False):
+  v = config.get(field)
+  ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
+  if not ok:
+    kind = "a non-negative" if allow_zero else "a positive"
+    raise ConfigError(f"{field}={v!r} must be {kind} integer; pass e.g. --config.{field}="
+                      f"{0 if allow_zero else 1}")
+
+
+def validate(config, num_devices: int = 1) -> None:
+  """Raises ConfigError with one line for the first bad value."""
+  _positive(config, "batch_size")
+  for f in ("eval_batch_size", "num_steps", "num_epochs", "eval_every",
+            "checkpoint_every", "seed"):
+    _positive(config, f, allow_zero=True)
+  _positive(config, "log_every")
+  _positive(config, "keep_checkpoints")
+  if config.num_steps == 0 and config.num_epochs == 0:
+    raise ConfigError("num_steps=0 and num_epochs=0: nothing to train; pass "
+                      "--config.num_steps=N or --config.num_epochs=N")
+  for f in ("batch_size", "eval_batch_size"):
+    v = config.get(f)
+    if v and v % num_devices:
+      raise ConfigError(f"{f}={v} is not divisible by the {num_devices} devices; pass "
+                        f"--config.{f}={max(num_devices, v // num_devices * num_devices)}")
+  lr = config.optimizer.get("learning_rate")
+  if not isinstance(lr, (int, float)) or lr < 0:
+    raise ConfigError(f"optimizer.learning_rate={lr!r} must be a non-negative number; "
+                      "pass e.g. --config.optimizer.learning_rate=0.001")
+  if config.get("dtype", "float32") not in ("float32", "bfloat16"):
+    raise ConfigError(f"dtype={config.dtype!r}: choose float32 or bfloat16 "
+                      "(--config.dtype=...)")

@@ -1,0 +1,136 @@
+"""grain input pipelines.
+
+The training stream is a grain `MapDataset` over *global batch indices*: batch b
+holds positions [j*G, (j+1)*G) of epoch e's permutation (e, j = divmod(b,
+steps_per_epoch)), the permutation a function of (seed, epoch) alone. Each
+process reads only its slice of every global batch, so the global batch is the
+same whatever the number of processes or devices, and the iterator's state
+(grain's checkpointable `next_index`) is the number of batches consumed.
+Whole batches are gathered with one numpy fancy-index when the source exposes
+`arrays` (per-example reads otherwise), normalised and augmented vectorised,
+and prefetched by grain's reader threads.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _gather(source: Any, idx: np.ndarray) -> Batch:
+  arrays = getattr(source, "arrays", None)
+  if arrays is not None:
+    inputs, labels = arrays
+    return {"inputs": inputs[idx], "label": labels[idx]}
+  items = [source[int(i)] for i in idx]
+  return {k: np.stack([it[k] for it in items]) for k in items[0]}
+
+
+def normalize(batch: Batch, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None) -> Batch:
+  """uint8 images -> float32 in [0, 1] (then (x - mean) / std if given)."""
+  x = batch["inputs"]
+  if x.dtype == np.uint8:
+    x = x.astype(np.float32) * np.float32(1 / 255)
+    if mean is not None:
+      x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  return {**batch, "inputs": x}
+
+
+def augment_images(x: np.ndarray, rng: np.random.Generator, *, crop_padding: int = 0,
+                   flip: bool = False) -> np.ndarray:
+  """Random crop after zero padding, and random horizontal flip, per example."""
+  n, h, w = x.shape[:3]
+  if crop_padding:
+    p = crop_padding
+    padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    dy = rng.integers(0, 2 * p + 1, n)
+    dx = rng.integers(0, 2 * p + 1, n)
+    rows = dy[:, None] + np.arange(h)[None]
+    cols = dx[:, None] + np.arange(w)[None]
+    x = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  if flip:
+    mask = rng.random(n) < 0.5
+    x = np.where(mask[:, None, None, None], x[:, :, ::-1], x)
+  return x
+
+
+class TrainBatches:
+  """Callable: global batch index -> this process's slice of that batch."""
+
+  def __init__(self, source, *, global_batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1,
+               crop_padding: int = 0, flip: bool = False,
+               mean=None, std=None):
+    n = len(source)
+    if global_batch_size % process_count:
+      raise ValueError(f"batch_size={global_batch_size} does not split over "
+                       f"{process_count} processes")
+    self.steps_per_epoch = n // global_batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"batch_size={global_batch_size} is larger than the "
+                       f"{n} training examples; pass a smaller --config.batch_size")
+    self.source, self.n, self.seed = source, n, seed
+    self.global_batch_size = global_batch_size
+    self.local = global_batch_size // process_count
+    self.offset = process_index * self.local
+    self.crop_padding, self.flip = crop_padding, flip
+    self.mean, self.std = mean, std
+
+  def __call__(self, b: int) -> Batch:
+    epoch, j = divmod(int(b), self.steps_per_epoch)
+    perm = _permutation(self.seed, epoch, self.n)
+    start = j * self.global_batch_size + self.offset
+    batch = _gather(self.source, perm[start:start + self.local])
+    if self.crop_padding or self.flip:
+      # Draw for the whole global batch, keep our slice: the same augmentation
+      # whatever the process count.
+      rng = np.random.default_rng([self.seed, epoch, j, 1])
+      x = np.zeros((self.global_batch_size,) + batch["inputs"].shape[1:],
+                   batch["inputs"].dtype)
+      x[self.offset:self.offset + self.local] = batch["inputs"]
+      x = augment_images(x, rng, crop_padding=self.crop_padding, flip=self.flip)
+      batch["inputs"] = x[self.offset:self.offset + self.local]
+    return normalize(batch, self.mean, self.std)
+
+
+def train_iterator(source, *, global_batch_size: int, seed: int, num_batches: int,
+                   process_index: int = 0, process_count: int = 1,
+                   crop_padding: int = 0, flip: bool = False, mean=None, std=None,
+                   num_threads: int = 2, prefetch: int = 4) -> grain.DatasetIterator:
+  """A checkpointable iterator over `num_batches` training batches."""
+  fn = TrainBatches(source, global_batch_size=global_batch_size, seed=seed,
+                    process_index=process_index, process_count=process_count,
+                    crop_padding=crop_padding, flip=flip, mean=mean, std=std)
+  ds = grain.MapDataset.range(num_batches).map(fn)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=prefetch))
+  return iter(ds)
+
+
+def eval_batches(source, *, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1, mean=None, std=None) -> Iterator[Batch]:
+  """The whole split in order; the last batch padded, with a 0/1 'mask'."""
+  n = len(source)
+  local = global_batch_size // process_count
+  for start in range(0, n, global_batch_size):
+    idx = np.arange(start + process_index * local, start + (process_index + 1) * local)
+    mask = (idx < n).astype(np.float32)
+    batch = _gather(source, np.minimum(idx, n - 1))
+    batch = normalize(batch, mean, std)
+    batch["mask"] = mask
+    yield batch
+
+
+def steps_per_epoch(source, global_batch_size: int) -> int:
+  return len(source) // global_batch_size

@@ -1,0 +1,134 @@
+"""Metric writers (the only place that writes metrics): JSON lines, TensorBoard
+event files (tensorboardX, no TensorFlow) and the progress display.
+
+Only process 0 writes; on other processes every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _is_chief() -> bool:
+  return jax.process_index() == 0
+
+
+class MetricWriter:
+  """`workdir/metrics.jsonl` (one {"step", "split", "metrics"} per line) and
+  TensorBoard events under `workdir/tensorboard`."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self.enabled = _is_chief()
+    self._jsonl = None
+    self._tb = None
+    if not self.enabled:
+      return
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
+
+  def write_scalars(self, step: int, split: str, metrics: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: float(v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": int(step), "split": split, "metrics": clean}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in clean.items():
+        self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+  def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """`image`: uint8 or float [H, W, C] (or [H, W])."""
+    if not self.enabled or self._tb is None:
+      return
+    image = np.asarray(image)
+    if image.ndim == 2:
+      image = image[..., None]
+    self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
+  def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    if not self.enabled or self._tb is None:
+      return
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+            for k, v in hparams.items()}
+    self._tb.add_hparams(flat, {f"hparam/{k}": float(v) for k, v in metrics.items()},
+                         run_name=".")
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+  """A progress bar on a terminal (updated in place), plain lines otherwise.
+
+  Shows the step, the latest training metrics, examples/s and the ETA.
+  """
+
+  def __init__(self, total_steps: int, start_step: int, batch_size: int,
+               stream=None, every: int = 100, force_bar: bool | None = None):
+    self.enabled = _is_chief()
+    self.total, self.batch_size, self.every = total_steps, batch_size, max(every, 1)
+    self.stream = stream or sys.stdout
+    self.start_step = start_step
+    self.t0 = time.perf_counter()
+    tty = self.stream.isatty() if force_bar is None else force_bar
+    self.bar = None
+    if self.enabled and tty:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream,
+                      unit="step", dynamic_ncols=True, mininterval=0.2)
+    self._last_step = start_step
+
+  def examples_per_sec(self, step: int) -> float:
+    dt = time.perf_counter() - self.t0
+    return (step - self.start_step) * self.batch_size / dt if dt > 0 else 0.0
+
+  def update(self, step: int, metrics: dict[str, float] | None = None) -> None:
+    if not self.enabled:
+      return
+    eps = self.examples_per_sec(step)
+    done = step - self.start_step
+    eta = (self.total - step) * (time.perf_counter() - self.t0) / done if done else 0.0
+    shown = {k: metrics[k] for k in ("loss", "accuracy", "d_loss", "g_loss")
+             if metrics and k in metrics}
+    if self.bar is not None:
+      self.bar.update(step - self._last_step)
+      self.bar.set_postfix({**{k: f"{v:.4f}" for k, v in shown.items()},
+                            "ex/s": f"{eps:,.0f}"}, refresh=False)
+    elif step % self.every == 0 or step == self.total:
+      parts = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+      print(f"step {step}/{self.total} {parts} | {eps:,.0f} examples/s | ETA {_fmt_eta(eta)}",
+            file=self.stream, flush=True)
+    self._last_step = step
+
+  def write(self, line: str) -> None:
+    if not self.enabled:
+      return
+    if self.bar is not None:
+      self.bar.write(line, file=self.stream)
+    else:
+      print(line, file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()

@@ -1,0 +1,80 @@
+"""Meshes, shardings and multi-process setup: the one place that knows devices.
+
+Data parallelism is one 1-D `('data',)` mesh over every device of every
+process: batches are sharded along it, the train state is replicated. The same
+code runs on 1 CPU, N simulated CPU devices and many processes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  """Raises ValueError unless the batch splits evenly over devices and processes."""
+  n = mesh.size
+  if global_batch_size <= 0 or global_batch_size % n:
+    raise ValueError(
+        f"batch_size={global_batch_size} must be a positive multiple of the "
+        f"{n} devices in the mesh; pass --config.batch_size={max(n, (max(global_batch_size, 1) // n) * n or n)}")
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Per-process numpy batch -> global arrays sharded along 'data'."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+def to_host(tree: Any) -> Any:
+  """Fully replicated arrays -> numpy (works in multi-process runs)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))
+                      if isinstance(x, jax.Array) else np.asarray(x), tree)
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           local_device_count: int | None = None) -> bool:
+  """Starts `jax.distributed` when asked by flags or the cluster environment.
+
+  Explicit arguments win; otherwise JAXDL_COORDINATOR / JAXDL_NUM_PROCESSES /
+  JAXDL_PROCESS_ID; otherwise, on SLURM or a TPU/GPU cluster,
+  `jax.distributed.initialize()` auto-detects. Returns True if initialised.
+  """
+  coordinator_address = coordinator_address or os.environ.get("JAXDL_COORDINATOR")
+  if num_processes is None and "JAXDL_NUM_PROCESSES" in os.environ:
+    num_processes = int(os.environ["JAXDL_NUM_PROCESSES"])
+  if process_id is None and "JAXDL_PROCESS_ID" in os.environ:
+    process_id = int(os.environ["JAXDL_PROCESS_ID"])
+  if local_device_count:
+    jax.config.update("jax_num_cpu_devices", local_device_count)
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
+    return True
+  if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+    return True
+  return False
