@@ -15,6 +15,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 EXIT_USAGE = 2
@@ -70,6 +71,8 @@ def _main(argv) -> None:
           file=sys.stderr)
     sys.exit(EXIT_USAGE)
   FLAGS = flags.FLAGS
+  if not FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   import jax  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
   if FLAGS.num_cpu_devices:

@@ -30,15 +30,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """Raises ValueError unless the batch splits evenly over devices and processes."""
-  n = mesh.size
-  if global_batch_size <= 0 or global_batch_size % n:
-    raise ValueError(
-        f"batch_size={global_batch_size} must be a positive multiple of the "
-        f"{n} devices in the mesh; pass --config.batch_size={max(n, (max(global_batch_size, 1) // n) * n or n)}")
-
-
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-process numpy batch -> global arrays sharded along 'data'."""
   sharding = batch_sharding(mesh)

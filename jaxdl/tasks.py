@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from jaxdl.configs import ConfigError
 
 _MODULES = ("jaxdl.train.classification", "jaxdl.train.gan", "jaxdl.train.rbm",
             "jaxdl.train.autoencoder", "jaxdl.train.language_model")
@@ -33,7 +34,7 @@ def build_task(config, info: dict, total_steps: int):
   reg = _registry()
   name = config.get("task", "classification")
   if name not in reg:
-    raise ValueError(f"unknown task {name!r}: choose one of {sorted(reg)} (--config.task=...)")
+    raise ConfigError(f"unknown task {name!r}: choose one of {sorted(reg)} (--config.task=...)")
   cls = reg[name]
   if "total_steps" in inspect.signature(cls).parameters:
     return cls(config, info, total_steps=total_steps)

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
+from jaxdl.configs import ConfigError
 
 Batch = dict[str, np.ndarray]
 
@@ -74,11 +75,11 @@ class TrainBatches:
                mean=None, std=None):
     n = len(source)
     if global_batch_size % process_count:
-      raise ValueError(f"batch_size={global_batch_size} does not split over "
+      raise ConfigError(f"batch_size={global_batch_size} does not split over "
                        f"{process_count} processes")
     self.steps_per_epoch = n // global_batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"batch_size={global_batch_size} is larger than the "
+      raise ConfigError(f"batch_size={global_batch_size} is larger than the "
                        f"{n} training examples; pass a smaller --config.batch_size")
     self.source, self.n, self.seed = source, n, seed
     self.global_batch_size = global_batch_size

@@ -11,6 +11,7 @@ import importlib
 from typing import Callable
 
 from jaxdl.models.base import Model, from_flax, split_variables
+from jaxdl.configs import ConfigError
 
 _MODULES = ("mlp", "cnn", "lstm", "transformer", "gan", "rbm", "dbn",
             "autoencoder")
@@ -36,7 +37,7 @@ def registry() -> dict[str, Callable[..., Model]]:
 def get_model(name: str, **kwargs) -> Model:
   reg = registry()
   if name not in reg:
-    raise ValueError(f"unknown model {name!r}: choose one of {sorted(reg)} "
+    raise ConfigError(f"unknown model {name!r}: choose one of {sorted(reg)} "
                      "(--config.model.name=...)")
   model = reg[name](**kwargs)
   return model if model.name else Model(model.init, model.apply, model.module, name)

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.models.base import Model, from_flax
+from jaxdl.configs import ConfigError
 
 
 def _ops(conv_impl: str):
@@ -25,7 +26,7 @@ def _ops(conv_impl: str):
     from jaxdl.ops import conv as fast_conv, pool as fast_pool  # pylint: disable=g-import-not-at-top
     return (functools.partial(nn.Conv, conv_general_dilated=fast_conv.conv_general_dilated),
             fast_pool.max_pool)
-  raise ValueError(f"unknown conv_impl {conv_impl!r}: choose 'xla' or 'fast' "
+  raise ConfigError(f"unknown conv_impl {conv_impl!r}: choose 'xla' or 'fast' "
                    "(--config.model.kwargs.conv_impl=...)")
 
 

@@ -85,8 +85,8 @@ class ClassificationTask(Task):
     (loss, (model_state, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state, update_norm = apply_gradients(state, self.tx, grads, model_state=model_state)
     metrics = {k: jnp.mean(v) for k, v in m.items()}
-    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), update_norm=update_norm,
-                   param_norm=optax.global_norm(state.params),
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), update_norm=update_norm,
+                   param_norm=optax.tree.norm(state.params),
                    learning_rate=self.schedule(state.step))
     return new_state, metrics
 

@@ -82,4 +82,4 @@ def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads,
   """Optimizer update; returns the new state and the update's global norm."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return state.replace(params=params, opt_state=opt_state, **replace), optax.global_norm(updates)
+  return state.replace(params=params, opt_state=opt_state, **replace), optax.tree.norm(updates)

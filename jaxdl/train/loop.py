@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -147,6 +148,7 @@ def train_and_evaluate(config, workdir: str, *, stream=None) -> dict[str, Any]:
     for step in range(start + 1, run.num_steps + 1):
       batch = parallel.global_batch(next(it), run.mesh)
       state, metrics = engine.train_step(state, batch)
+      _fault_point("step", step)
       if t_first is None:
         jax.block_until_ready(metrics)
         t_first = time.perf_counter() - t_train
@@ -171,6 +173,7 @@ def train_and_evaluate(config, workdir: str, *, stream=None) -> dict[str, Any]:
             f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
       if do_ckpt:
         ckpt.save(step, state, it, metrics=eval_metrics if do_eval else None)
+        _fault_point("save", step)
     if pending is not None:
       _log_train(writer, progress, *pending)
     ckpt.wait()
@@ -205,6 +208,14 @@ def params_sha256(params) -> str:
   for leaf in jax.tree.leaves(parallel.to_host(params)):
     h.update(np.ascontiguousarray(leaf).tobytes())
   return h.hexdigest()
+
+
+def _fault_point(point: str, step: int) -> None:
+  """Test hook for fault injection: JAXDL_FAULT_KILL='step:N' or 'save:N' SIGKILLs
+  this process right after step N is dispatched, or right after the save of
+  step N was started (the async write still in flight)."""
+  if os.environ.get("JAXDL_FAULT_KILL") == f"{point}:{step}":
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _log_train(writer, progress, step, metrics):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import optax
+from jaxdl.configs import ConfigError
 
 
 def softmax_cross_entropy(logits, labels):
@@ -36,6 +37,6 @@ LOSSES = {
 
 def get_loss(name: str):
   if name not in LOSSES:
-    raise ValueError(f"unknown loss {name!r}: choose one of {sorted(LOSSES)} "
+    raise ConfigError(f"unknown loss {name!r}: choose one of {sorted(LOSSES)} "
                      "(--config.loss=...)")
   return LOSSES[name]

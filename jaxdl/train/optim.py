@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jaxdl.configs import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "adagrad", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "warmup_cosine")
@@ -32,7 +33,7 @@ def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup, max(decay_steps, warmup + 1),
         end_value=lr * float(cfg.get("final_fraction", 0.0)))
-  raise ValueError(f"unknown schedule {kind!r}: choose one of {SCHEDULES} "
+  raise ConfigError(f"unknown schedule {kind!r}: choose one of {SCHEDULES} "
                    "(--config.optimizer.schedule=...)")
 
 
@@ -75,7 +76,7 @@ def make_optimizer(cfg: Any, total_steps: int = 0
                         eps=float(cfg.get("eps", 1e-8)),
                         momentum=float(cfg.get("momentum", 0.0)))
   else:
-    raise ValueError(f"unknown optimizer {name!r}: choose one of {OPTIMIZERS} "
+    raise ConfigError(f"unknown optimizer {name!r}: choose one of {OPTIMIZERS} "
                      "(--config.optimizer.name=...)")
   chain = []
   if float(cfg.get("grad_clip_norm", 0.0)) > 0:
