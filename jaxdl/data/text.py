@@ -1,0 +1,281 @@
+"""IMDB reviews as padded token ids: archive or tfds reading, a word tokenizer.
+
+Two ways in, same result:
+
+* `source='archive'`: the official `aclImdb_v1.tar.gz` (Maas et al. 2011) in
+  `data_dir`, sha256-checked, read with `tarfile` (layout
+  `aclImdb/{train,test}/{pos,neg}/*.txt`; `train/unsup` is ignored). Reviews
+  are read in sorted member-name order so that a run is reproducible whatever
+  order the archive stores them in.
+* `source='tfds'`: a prepared `imdb_reviews` (array_record) read through
+  `tfds.data_source(..., download=False)`; no TensorFlow needed.
+
+Labels: neg = 0, pos = 1 (as in tfds). The tokenizer is fitted on the train
+split only and saved to `workdir/tokenizer.json`; a resumed run or a
+prediction job loads it from there, so the token ids never change under a run.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import operator
+import os
+import re
+import tarfile
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from jaxdl.data.errors import DataError
+
+IMDB_ARCHIVE = "aclImdb_v1.tar.gz"
+# file name -> sha256; tests monkeypatch this for their generated archive.
+EXPECTED_SHA256 = {
+    IMDB_ARCHIVE:
+        "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe",
+}
+IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+
+PAD_ID = 0
+OOV_ID = 1
+# Keras' Tokenizer default filters: these characters become spaces.
+_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+_FILTER_TABLE = str.maketrans({c: " " for c in _FILTERS})
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_MEMBER = re.compile(r"^aclImdb/(train|test)/(pos|neg)/[^/]+\.txt$")
+
+
+def text_to_words(text: str | bytes) -> list[str]:
+  """Lowercase, `<br />` -> space, Keras' punctuation filter, split.
+
+  Apostrophes are kept (as in Keras), so "don't" is one word.
+  """
+  if isinstance(text, bytes):
+    text = text.decode("utf-8", errors="replace")
+  text = _BR.sub(" ", text.lower())
+  return text.translate(_FILTER_TABLE).split()
+
+
+class Tokenizer:
+  """Word-level tokenizer: 0 = padding, 1 = out-of-vocabulary, words from 2.
+
+  `fit` keeps the `num_words - 2` most frequent words, so every id is
+  `< num_words` (the embedding's vocab_size). Ties in frequency are broken by
+  first occurrence in the training texts (a stable sort of the counts, like
+  Keras), which is deterministic given the text order.
+  """
+
+  def __init__(self, num_words: int = 10000,
+               words: Sequence[str] | None = None):
+    if num_words < 3:
+      raise ValueError(f"num_words={num_words}: need >= 3 (pad, OOV, a word)")
+    self.num_words = num_words
+    self.words: list[str] = list(words or [])[:num_words - 2]
+    self._index = {w: i + 2 for i, w in enumerate(self.words)}
+
+  def fit(self, texts: Iterable[str | bytes]) -> "Tokenizer":
+    counts: collections.Counter = collections.Counter()
+    for text in texts:
+      counts.update(text_to_words(text))
+    # Counter keeps first-insertion order and sorted() is stable.
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    self.words = [w for w, _ in ranked[:self.num_words - 2]]
+    self._index = {w: i + 2 for i, w in enumerate(self.words)}
+    return self
+
+  @property
+  def vocab_size(self) -> int:
+    return self.num_words
+
+  def encode(self, text: str | bytes) -> list[int]:
+    index = self._index
+    return [index.get(w, OOV_ID) for w in text_to_words(text)]
+
+  def save(self, path: str) -> None:
+    """Writes JSON atomically (temp + rename): a kill leaves no half file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump({"num_words": self.num_words, "pad_id": PAD_ID,
+                 "oov_id": OOV_ID, "words": self.words}, f)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> "Tokenizer":
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+    return cls(d["num_words"], d["words"])
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int, *,
+                  padding: str = "post", truncating: str = "post",
+                  value: int = PAD_ID) -> np.ndarray:
+  """[N, maxlen] int32. Unlike Keras (default 'pre'), both default to 'post'.
+
+  Post-padding is what the LSTM's lengths assume (real tokens first); post
+  truncation keeps each review's beginning.
+  """
+  if padding not in ("pre", "post") or truncating not in ("pre", "post"):
+    raise ValueError("padding and truncating must be 'pre' or 'post'")
+  out = np.full((len(sequences), maxlen), value, np.int32)
+  for i, seq in enumerate(sequences):
+    seq = list(seq)
+    seq = seq[:maxlen] if truncating == "post" else seq[max(len(seq) - maxlen,
+                                                            0):]
+    if not seq:
+      continue
+    if padding == "post":
+      out[i, :len(seq)] = seq
+    else:
+      out[i, maxlen - len(seq):] = seq
+  return out
+
+
+class TextArraySource:
+  """Random-access source of padded token ids held as two arrays.
+
+  Same protocol as `jaxdl.data.sources.ArraySource` (grain's data source:
+  `len`, `src[i] -> {'inputs', 'label'}`, `arrays = (inputs, labels)` for
+  bulk access), but for int32 [N, maxlen] token ids instead of uint8 images.
+  The arrays are read-only so a batch view cannot corrupt the split.
+  """
+
+  def __init__(self, inputs: np.ndarray, labels: np.ndarray, name: str = ""):
+    inputs = np.asarray(inputs, np.int32)
+    labels = np.asarray(labels, np.int32)
+    if inputs.ndim != 2 or labels.ndim != 1 or len(inputs) != len(labels):
+      raise ValueError(f"need inputs [N, maxlen] and labels [N], got "
+                       f"{list(inputs.shape)} and {list(labels.shape)}")
+    inputs, labels = inputs.view(), labels.view()
+    inputs.flags.writeable = labels.flags.writeable = False
+    self.arrays = (inputs, labels)
+    self.name = name
+
+  def __len__(self) -> int:
+    return len(self.arrays[1])
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    i = operator.index(index)  # one example; slices are not examples
+    inputs, labels = self.arrays
+    return {"inputs": inputs[i], "label": labels[i]}
+
+  def __reduce__(self):
+    # Rebuild through __init__ so copies in grain workers stay read-only.
+    return (TextArraySource, (*self.arrays, self.name))
+
+  def __repr__(self) -> str:
+    # Deterministic (no id()): grain's checkpoints record the source's repr.
+    return (f"TextArraySource(name={self.name!r}, n={len(self)}, "
+            f"inputs=int32{list(self.arrays[0].shape[1:])})")
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def read_imdb_archive(data_dir: str
+                      ) -> dict[str, tuple[list[str], np.ndarray]]:
+  """{'train'|'test': (texts, labels int32)} from `data_dir/aclImdb_v1.tar.gz`.
+
+  Raises DataError (one line) when the archive is missing, has the wrong
+  sha256, or is not a readable tar.gz in the aclImdb layout.
+  """
+  path = os.path.join(data_dir, IMDB_ARCHIVE)
+  where = (f"expected {IMDB_ARCHIVE} (sha256 {EXPECTED_SHA256[IMDB_ARCHIVE]}, "
+           f"from {IMDB_URL}) in {data_dir}; point --config.data_dir at the "
+           "directory that holds it")
+  if not os.path.isfile(path):
+    raise DataError(f"IMDB archive not found: {where}")
+  digest = _sha256(path)
+  if digest != EXPECTED_SHA256[IMDB_ARCHIVE]:
+    raise DataError(f"IMDB archive {path} is corrupt (sha256 {digest}): "
+                    f"{where}")
+  found: dict[str, list[tuple[str, str, int]]] = {"train": [], "test": []}
+  try:
+    with tarfile.open(path, "r:gz") as tar:
+      for member in tar:
+        m = _MEMBER.match(member.name)
+        if not m or not member.isfile():
+          continue
+        f = tar.extractfile(member)
+        text = f.read().decode("utf-8", errors="replace")
+        found[m.group(1)].append((member.name, text, int(m.group(2) == "pos")))
+  except (tarfile.TarError, OSError, EOFError) as e:
+    msg = " ".join(str(e).split())
+    raise DataError(f"IMDB archive {path} is unreadable ({msg}): "
+                    f"{where}") from None
+  out = {}
+  for split, rows in found.items():
+    if not rows:
+      raise DataError(f"IMDB archive {path} has no aclImdb/{split}/{{pos,neg}}"
+                      f"/*.txt reviews: {where}")
+    rows.sort(key=lambda r: r[0])
+    out[split] = ([r[1] for r in rows], np.array([r[2] for r in rows],
+                                                 np.int32))
+  return out
+
+
+def read_imdb_tfds(data_dir: str | None
+                   ) -> dict[str, tuple[list[str], np.ndarray]]:
+  """Same as `read_imdb_archive`, from a prepared tfds `imdb_reviews`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  out = {}
+  for split in ("train", "test"):
+    try:
+      source = tfds.data_source("imdb_reviews", split=split,
+                                data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types for "not prepared"
+      msg = " ".join(str(e).split())[:300]
+      raise DataError(
+          f"tfds imdb_reviews/{split} (array_record) not prepared in "
+          f"{data_dir} ({type(e).__name__}: {msg}); prepare it or point "
+          "--config.data_dir at the tfds data directory") from None
+    texts, labels = [], []
+    for i in range(len(source)):
+      ex = source[i]
+      text = ex["text"]
+      texts.append(text.decode("utf-8", errors="replace")
+                   if isinstance(text, bytes) else str(text))
+      labels.append(int(ex["label"]))
+    out[split] = (texts, np.asarray(labels, np.int32))
+  return out
+
+
+def load_imdb(data_dir: str, workdir: str | None, *, num_words: int = 10000,
+              maxlen: int = 100, source: str = "archive"
+              ) -> tuple[TextArraySource, TextArraySource, dict]:
+  """(train, test, info) of padded token ids for IMDB sentiment.
+
+  The tokenizer is `workdir/tokenizer.json` when it exists (resume,
+  prediction), else fitted on the train texts and saved there (not saved when
+  `workdir` is None). Samples are {'inputs': int32[maxlen], 'label': int32}.
+  """
+  if source == "archive":
+    splits = read_imdb_archive(data_dir)
+  elif source == "tfds":
+    splits = read_imdb_tfds(data_dir)
+  else:
+    raise ValueError(f"source={source!r}: 'archive' or 'tfds' "
+                     "(--config.data.source)")
+  tok_path = os.path.join(workdir, "tokenizer.json") if workdir else None
+  if tok_path and os.path.exists(tok_path):
+    tokenizer = Tokenizer.load(tok_path)
+    if tokenizer.num_words != num_words:
+      raise ValueError(f"{tok_path} has num_words={tokenizer.num_words} but "
+                       f"num_words={num_words} was asked: use a fresh workdir")
+  else:
+    tokenizer = Tokenizer(num_words).fit(splits["train"][0])
+    if tok_path:
+      os.makedirs(workdir, exist_ok=True)
+      tokenizer.save(tok_path)
+  sources = {}
+  for split, (texts, labels) in splits.items():
+    ids = pad_sequences([tokenizer.encode(t) for t in texts], maxlen)
+    sources[split] = TextArraySource(ids, labels, name=f"imdb/{split}")
+  info = {"num_classes": 2, "vocab_size": num_words, "maxlen": maxlen}
+  return sources["train"], sources["test"], info
