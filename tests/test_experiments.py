@@ -1,42 +1,15 @@
 """End-to-end: the experiments as users run them (subprocesses), exact resume
 after SIGKILL, and one clear line for each kind of bad input."""
 
-import gzip
-import io
 import json
 import os
-import pathlib
-import subprocess
-import sys
-import tarfile
 
-import numpy as np
 import pytest
 
-from conftest import REPO
+from datagen import write_cifar10_binary
+from runner import run_experiment, summary
 
-PY = sys.executable
-
-
-def run_experiment(module, *args, env=None, patch_sha=None, timeout=600):
-  """Runs `python -m experiments.<module> args...`; `patch_sha` registers the
-  sha256 of generated dataset files first (the reading code is unchanged)."""
-  env = dict(os.environ, **(env or {}))
-  env.setdefault("JAXDL_COMPILATION_CACHE", str(REPO / ".pytest_cache" / "xla"))
-  if patch_sha:
-    code = ("import runpy, sys; from jaxdl.data import sources; "
-            f"sources.KNOWN_SHA256.update({patch_sha!r}); "
-            f"sys.argv = ['{module}'] + sys.argv[1:]; "
-            f"runpy.run_module('experiments.{module}', run_name='__main__')")
-    cmd = [PY, "-c", code, *args]
-  else:
-    cmd = [PY, "-m", f"experiments.{module}", *args]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=timeout)
-
-
-def summary(workdir):
-  return json.loads((pathlib.Path(workdir) / "summary.json").read_text())
+CIFAR_SHA = "jaxdl.data.sources.KNOWN_SHA256"
 
 
 def test_quickstart_reaches_095_on_digits(tmp_path):
@@ -65,30 +38,6 @@ def test_mnist_mlp_reaches_0975_on_real_mnist(tmp_path, mnist_dir):
   assert summary(tmp_path)["eval"]["accuracy"] >= 0.975
 
 
-def write_cifar10_binary(directory, n_train_per_batch=40, n_test=40, seed=0):
-  """A tiny cifar-10-binary.tar.gz in the official layout; returns its sha256."""
-  import hashlib
-  rng = np.random.default_rng(seed)
-  buf = io.BytesIO()
-  with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-    def add(name, data):
-      info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
-    for name, n in [(f"data_batch_{i}.bin", n_train_per_batch) for i in range(1, 6)] + [
-        ("test_batch.bin", n_test)]:
-      labels = rng.integers(0, 10, n).astype(np.uint8)
-      # Learnable: the class sets the mean brightness of the red plane.
-      pixels = rng.integers(0, 64, (n, 3, 32, 32)).astype(np.uint8)
-      pixels[:, 0] += (labels * 19)[:, None, None].astype(np.uint8)
-      add(name, np.concatenate([labels[:, None], pixels.reshape(n, -1)], 1).tobytes())
-    add("batches.meta.txt", "\n".join(["airplane", "automobile", "bird", "cat", "deer",
-                                       "dog", "frog", "horse", "ship", "truck"]).encode())
-  path = pathlib.Path(directory) / "cifar-10-binary.tar.gz"
-  path.write_bytes(buf.getvalue())
-  return hashlib.sha256(buf.getvalue()).hexdigest()
-
-
 def test_cifar_cnn_runs_end_to_end_on_generated_official_files(tmp_path):
   data = tmp_path / "data"
   data.mkdir()
@@ -97,7 +46,7 @@ def test_cifar_cnn_runs_end_to_end_on_generated_official_files(tmp_path):
   r = run_experiment("cifar_cnn", "--flagfile=experiments/flagfiles/cifar_cnn.flags",
                      f"--config.data_dir={data}", f"--workdir={wd}",
                      "--config.num_epochs=2", "--config.batch_size=20",
-                     patch_sha={("cifar10", "cifar-10-binary.tar.gz"): sha})
+                     patch_sha={CIFAR_SHA: {("cifar10", "cifar-10-binary.tar.gz"): sha}})
   assert r.returncode == 0, r.stderr[-3000:]
   s = summary(wd)
   assert s["final_step"] == 20 and 0.0 <= s["eval"]["accuracy"] <= 1.0

@@ -12,47 +12,14 @@ import pytest
 
 from jaxdl.data import text as text_lib
 from jaxdl.data.errors import DataError
-
-POS_WORDS = ["great", "wonderful", "loved", "superb"]
-NEG_WORDS = ["awful", "boring", "hated", "dull"]
-
-
-def _review(rs, label):
-  words = POS_WORDS if label else NEG_WORDS
-  body = " ".join(rs.choice(words + ["the", "movie", "was"], size=8))
-  return f"The Movie, was: {body}!<br /><br />{words[0].upper()}."
-
-
-def _write_archive(path, n_per=6, seed=0):
-  """aclImdb layout, members deliberately in shuffled order, plus unsup."""
-  rs = np.random.RandomState(seed)
-  members = []
-  for split in ("train", "test"):
-    for lab in ("pos", "neg"):
-      for i in range(n_per):
-        members.append((f"aclImdb/{split}/{lab}/{i}_{7 + i % 3}.txt",
-                        _review(rs, lab == "pos")))
-  for i in range(4):
-    members.append((f"aclImdb/train/unsup/{i}_0.txt", "unsup zebra zebra"))
-  members.append(("aclImdb/imdb.vocab", "the\nmovie\n"))
-  members.append(("aclImdb/train/urls_pos.txt", "http://x\n"))
-  order = rs.permutation(len(members))
-  with tarfile.open(path, "w:gz") as tar:
-    for j in order:
-      name, content = members[j]
-      data = content.encode()
-      info = tarfile.TarInfo(name)
-      info.size = len(data)
-      tar.addfile(info, io.BytesIO(data))
-  return members
-
+from datagen import write_imdb_archive
 
 @pytest.fixture
 def imdb_dir(tmp_path, monkeypatch):
   d = tmp_path / "data"
   d.mkdir()
   path = d / text_lib.IMDB_ARCHIVE
-  _write_archive(str(path))
+  write_imdb_archive(str(path))
   digest = hashlib.sha256(path.read_bytes()).hexdigest()
   monkeypatch.setitem(text_lib.EXPECTED_SHA256, text_lib.IMDB_ARCHIVE, digest)
   return str(d)
@@ -169,14 +136,14 @@ def test_bad_sha_raises(imdb_dir, monkeypatch):
 
 
 def test_official_hash_rejects_generated_archive(tmp_path):
-  _write_archive(str(tmp_path / text_lib.IMDB_ARCHIVE))
+  write_imdb_archive(str(tmp_path / text_lib.IMDB_ARCHIVE))
   with pytest.raises(DataError, match="sha256"):
     text_lib.read_imdb_archive(str(tmp_path))
 
 
 def test_truncated_archive_raises(tmp_path, monkeypatch):
   path = tmp_path / text_lib.IMDB_ARCHIVE
-  _write_archive(str(path), n_per=20)
+  write_imdb_archive(str(path), n_per=20)
   data = path.read_bytes()[:-200]
   path.write_bytes(data)
   monkeypatch.setitem(text_lib.EXPECTED_SHA256, text_lib.IMDB_ARCHIVE,
