@@ -59,8 +59,10 @@ class MetricWriter:
       return
     flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
             for k, v in hparams.items()}
+    # tensorboardX's add_hparams has no `run_name` (that is torch's); `name` is
+    # the sub-folder of tensorboard/ that holds the HParams session.
     self._tb.add_hparams(flat, {f"hparam/{k}": float(v) for k, v in metrics.items()},
-                         run_name=".")
+                         name="hparams")
 
   def flush(self) -> None:
     if self._tb is not None:
@@ -132,3 +134,26 @@ class Progress:
   def close(self) -> None:
     if self.bar is not None:
       self.bar.close()
+
+
+def flatten_hparams(config: Any, prefix: str = "") -> dict[str, Any]:
+  """A (nested) config as flat {'optimizer.learning_rate': 0.001, ...} for
+  `MetricWriter.write_hparams`: TensorBoard's HParams tab takes scalars only,
+  so sequences become strings.
+
+  Called by the training loop at the end of a run (the loop's owner wires it):
+      writer.write_hparams(flatten_hparams(cfg), eval_metrics)
+  """
+  items = config.items() if hasattr(config, "items") else []
+  flat: dict[str, Any] = {}
+  for k, v in items:
+    key = f"{prefix}{k}"
+    if hasattr(v, "items"):
+      flat.update(flatten_hparams(v, key + "."))
+    elif isinstance(v, (bool, int, float, str)):
+      flat[key] = v
+    elif v is None:
+      flat[key] = "None"
+    else:
+      flat[key] = str(tuple(v)) if isinstance(v, (list, tuple)) else str(v)
+  return flat
