@@ -20,6 +20,8 @@ Config fields (defaults in brackets):
   gan.fid_classifier_steps [500]
   dataset, data_dir               where the real images for FID come from
       (or call `set_reference_data`).
+`default_config()` returns the `gan` section with these fields (optimizers set
+to the DCGAN values). Inputs must not be mean/std-normalised (config.normalize).
 """
 
 from __future__ import annotations
@@ -49,6 +51,21 @@ def _optimizer(cfg: Any, fallback: Any, total_steps: int):
   cfg = cfg if cfg is not None else fallback
   cfg = ml_collections.ConfigDict(cfg if cfg is not None else _DEFAULT_OPT)
   return optim.make_optimizer(cfg, total_steps)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `gan` section with every field at its default, for experiment configs
+  (so `--config.gan.*` flags can override them). The optimizers are set to the
+  DCGAN values here rather than falling back to `config.optimizer`."""
+  return ml_collections.ConfigDict(dict(
+      latent_dim=100, generator="dcgan_generator",
+      generator_kwargs=ml_collections.ConfigDict(),
+      discriminator="dcgan_discriminator",
+      discriminator_kwargs=ml_collections.ConfigDict(),
+      g_optimizer=ml_collections.ConfigDict(_DEFAULT_OPT),
+      d_optimizer=ml_collections.ConfigDict(_DEFAULT_OPT),
+      sample_seed=0, num_grid_samples=64, fid=True, fid_num_samples=5000,
+      fid_reference_size=10000, fid_classifier_path="", fid_classifier_steps=500))
 
 
 class GANTask(Task):
@@ -145,8 +162,8 @@ class GANTask(Task):
         "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),   # D(x)
         "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),   # D(G(z)) before the D step
         "d_fake_after": jnp.mean(jax.nn.sigmoid(g_logits)),
-        "d_grad_norm": optax.global_norm(d_grads),
-        "g_grad_norm": optax.global_norm(g_grads),
+        "d_grad_norm": optax.tree.norm(d_grads),
+        "g_grad_norm": optax.tree.norm(g_grads),
         "learning_rate": self.schedule(state.step),
     }
     return new_state, metrics

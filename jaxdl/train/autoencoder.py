@@ -1,0 +1,239 @@
+"""Autoencoder (MSE or BCE reconstruction) and VAE (negative ELBO) training.
+
+Config fields (defaults in brackets):
+  model.name ['dense_autoencoder'; 'vae' for task 'vae'] ('dense_autoencoder' |
+      'conv_autoencoder' | 'vae'), model.kwargs
+      (the VAE's output_shape defaults to info['input_shape'])
+  ae.loss ['bce']  AE reconstruction loss (else `loss` when it is 'bce', 'mse'
+                   or 'sigmoid_binary_cross_entropy'): 'bce' (sigmoid cross-entropy of the
+                   logits, summed over pixels) or 'mse' (of sigmoid(logits),
+                   mean over pixels). The VAE always uses its likelihood:
+                   Bernoulli (BCE summed over pixels) or Gaussian
+                   (0.5 * ||x - mean||^2 / ae.gaussian_var summed, plus its constant).
+  ae.kl_weight [1.0]     beta of a beta-VAE (1 = the ELBO)
+  ae.gaussian_var [0.1]  fixed decoder variance of the Gaussian VAE
+  ae.num_images [64]     images in the PNG grids
+  ae.sample_seed [0]
+  optimizer              see jaxdl.train.optim [Adam 1e-3]
+  dataset, data_dir      real images for the reconstruction grid (or
+                         `set_reference_images`).
+
+Metrics: 'loss' (what is minimised; for the VAE the negative ELBO in nats per
+image), 'mse' (per-pixel squared error of the reconstruction in [0, 1], all
+models), and for the VAE 'recon_loss', 'kl' (>= 0) and 'elbo' (= -loss).
+on_evaluate writes `recon_{step:06d}.png` (rows of originals above their
+reconstructions) and, for the VAE, `samples_{step:06d}.png` (decoded z ~ N(0, I)).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxdl import images, models, parallel
+from jaxdl.train import optim
+from jaxdl.train.task import Task
+
+_DEFAULT_OPT = {"name": "adam", "learning_rate": 1e-3}
+AE_MODELS = ("dense_autoencoder", "conv_autoencoder", "vae")
+
+
+def _section(config: Any, name: str) -> ml_collections.ConfigDict:
+  sec = config.get(name, None) if hasattr(config, "get") else None
+  return ml_collections.ConfigDict(sec if sec is not None else {})
+
+
+def _flat_sum(x):
+  return jnp.sum(x.reshape((x.shape[0], -1)), -1)
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mean, exp(logvar)) || N(0, I)) per example, [B] (>= 0)."""
+  return 0.5 * jnp.sum(jnp.exp(logvar) + mean * mean - 1.0 - logvar, -1)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `ae` section at its defaults (for experiment configs and flag overrides)."""
+  return ml_collections.ConfigDict(dict(loss="bce", kl_weight=1.0, gaussian_var=0.1,
+                                        num_images=64, sample_seed=0))
+
+
+class AutoencoderTask(Task):
+  """Trains an autoencoder or a VAE from `jaxdl.models.autoencoder`."""
+
+  name = "autoencoder"
+  best_metric = "loss"
+  best_mode = "min"
+  default_model = "dense_autoencoder"
+
+  def __init__(self, config: Any, info: dict, total_steps: int = 0):
+    self.config, self.info = config, info
+    self.input_shape = tuple(info.get("input_shape", (28, 28, 1)))
+    model_cfg = config.get("model", None)
+    name = model_cfg.get("name", None) if model_cfg is not None else None
+    kwargs = dict((model_cfg.get("kwargs", None) or {}) if model_cfg is not None else {})
+    if name not in AE_MODELS:
+      # The base config names a classifier ('mlp'); its kwargs do not apply.
+      if name:
+        logging.warning("model.name=%r is not an autoencoder; using %r (choose one of %s "
+                        "with --config.model.name=...)", name, self.default_model, AE_MODELS)
+      name, kwargs = self.default_model, {}
+    self.is_vae = name == "vae"
+    self.likelihood = None
+    if self.is_vae:
+      kwargs.setdefault("output_shape", self.input_shape)
+      self.likelihood = kwargs.get("likelihood", "bernoulli")
+    self.model = models.get_model(name, **kwargs)
+    a = _section(config, "ae")
+    loss = a.get("loss", None) or config.get("loss", None)
+    loss = {"sigmoid_binary_cross_entropy": "bce"}.get(loss, loss)
+    if loss not in ("bce", "mse"):
+      # The base config's 'softmax_cross_entropy' means nothing here.
+      if a.get("loss", None):
+        raise ValueError(f"unknown autoencoder loss {loss!r}: 'bce' or 'mse' "
+                         "(--config.ae.loss=...)")
+      loss = "bce"
+    self.loss_name = loss
+    self.kl_weight = float(a.get("kl_weight", 1.0))
+    self.gaussian_var = float(a.get("gaussian_var", 0.1))
+    self.num_images = int(a.get("num_images", 64))
+    self.sample_seed = int(a.get("sample_seed", 0))
+    opt = config.get("optimizer", None)
+    self.tx, self.schedule = optim.make_optimizer(
+        ml_collections.ConfigDict(opt if opt is not None else _DEFAULT_OPT), total_steps)
+    self._reference = None
+    self._recon = jax.jit(self._recon_fn)
+    self._decode = jax.jit(self._decode_fn)
+
+  def init(self, key, batch):
+    x = batch["inputs"]
+    variables = self.model.init(key, jnp.zeros((1,) + tuple(x.shape[1:]), jnp.float32))
+    params, model_state = models.split_variables(variables)
+    return params, self.tx.init(params), model_state
+
+  def _apply(self, params, model_state, x, *, train, key=None):
+    rngs = None
+    if key is not None:
+      kd, kl = jax.random.split(key)
+      rngs = {"dropout": kd, "latent": kl} if self.is_vae else {"dropout": kd}
+    return self.model.apply({"params": params, **model_state}, x, train=train, rngs=rngs)
+
+  def _losses(self, out, x):
+    """Per-example terms: {'loss', 'mse', ...} each [B]."""
+    if self.is_vae and self.likelihood == "gaussian":
+      recon = out["recon_mean"]
+      d2 = _flat_sum((recon - x) ** 2)
+      n = math.prod(x.shape[1:])
+      var = self.gaussian_var
+      recon_loss = 0.5 * d2 / var + 0.5 * n * math.log(2 * math.pi * var)
+    else:
+      recon = jax.nn.sigmoid(out["recon_logits"])
+      if self.is_vae or self.loss_name == "bce":
+        bce = _flat_sum(optax.sigmoid_binary_cross_entropy(out["recon_logits"], x))
+        recon_loss = bce if self.is_vae else bce / math.prod(x.shape[1:])
+      else:
+        recon_loss = jnp.mean(((recon - x) ** 2).reshape((x.shape[0], -1)), -1)
+    m = {"mse": jnp.mean(((recon - x) ** 2).reshape((x.shape[0], -1)), -1)}
+    if self.is_vae:
+      kl = gaussian_kl(out["mean"], out["logvar"])
+      m.update(recon_loss=recon_loss, kl=kl, loss=recon_loss + self.kl_weight * kl,
+               elbo=-(recon_loss + kl))
+    else:
+      m["loss"] = recon_loss
+    return m
+
+  def train_update(self, state, batch, key):
+    x = batch["inputs"].astype(jnp.float32)
+
+    def loss_fn(params):
+      out, model_state = self._apply(params, state.model_state, x, train=True, key=key)
+      m = self._losses(out, x)
+      return jnp.mean(m["loss"]), (model_state, m)
+
+    (loss, (model_state, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {k: jnp.mean(v) for k, v in m.items()}
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
+                   learning_rate=self.schedule(state.step))
+    return state.replace(params=params, opt_state=opt_state, model_state=model_state), metrics
+
+  def eval_metrics(self, state, batch):
+    """Per-example sums; the VAE's z is sampled with a fixed key (one-sample ELBO)."""
+    x = batch["inputs"].astype(jnp.float32)
+    key = jax.random.PRNGKey(self.sample_seed + 1) if self.is_vae else None
+    out, _ = self._apply(state.params, state.model_state, x, train=False, key=key)
+    m = self._losses(out, x)
+    return {k: jnp.sum(batch["mask"] * v) for k, v in m.items()}
+
+  # --- host side ------------------------------------------------------------
+
+  def _recon_fn(self, params, model_state, x):
+    out, _ = self._apply(params, model_state, x, train=False)  # z = mean for the VAE
+    if "recon_mean" in out:
+      return out["recon_mean"]
+    return jax.nn.sigmoid(out["recon_logits"])
+
+  def _decode_fn(self, params, z):
+    out = self.model.module.apply({"params": params}, z, method="decode")
+    return out if self.likelihood == "gaussian" else jax.nn.sigmoid(out)
+
+  def reconstruct(self, state, x: np.ndarray) -> np.ndarray:
+    """Deterministic reconstructions in [0, 1] of float images x."""
+    params = parallel.to_host(state.params)
+    model_state = parallel.to_host(state.model_state)
+    return np.asarray(self._recon(params, model_state, jnp.asarray(x, jnp.float32)))
+
+  def sample(self, state, n: int, seed: int | None = None) -> np.ndarray:
+    """VAE samples: decoder means/probabilities for z ~ N(0, I)."""
+    if not self.is_vae:
+      raise ValueError("only the VAE has a prior to sample from")
+    seed = self.sample_seed if seed is None else seed
+    latent = self.model.module.latent_dim
+    z = jax.random.normal(jax.random.PRNGKey(seed), (n, latent))
+    return np.asarray(self._decode(parallel.to_host(state.params), z))
+
+  def set_reference_images(self, x: np.ndarray) -> None:
+    """Float [N, H, W, C] images in [0, 1] whose reconstructions are drawn."""
+    self._reference = np.asarray(x, np.float32)
+
+  def on_evaluate(self, state, workdir, step):
+    out = {}
+    if self._reference is None:
+      ref = images.reference_images(self.config, "test")
+      if ref is not None:
+        self._reference = ref[0][:self.num_images]
+    if self._reference is not None:
+      x = self._reference[:self.num_images]
+      r = self.reconstruct(state, x)
+      out["reference_mse"] = float(np.mean((r - x) ** 2))
+      ncols = int(math.ceil(math.sqrt(len(x))))
+      # Rows of originals followed by the same rows reconstructed.
+      rows = []
+      for s in range(0, len(x), ncols):
+        rows += [x[s:s + ncols], r[s:s + ncols]]
+      pairs = np.concatenate([np.pad(b, ((0, ncols - len(b)),) + ((0, 0),) * 3) for b in rows])
+      if jax.process_index() == 0:
+        images.save_grid_png(os.path.join(workdir, f"recon_{int(step):06d}.png"), pairs,
+                             ncols=ncols)
+    if self.is_vae and jax.process_index() == 0:
+      images.save_grid_png(os.path.join(workdir, f"samples_{int(step):06d}.png"),
+                           self.sample(state, self.num_images))
+    return out
+
+
+class VAETask(AutoencoderTask):
+  """The same task with the VAE as the default model (`--config.task=vae`)."""
+  name = "vae"
+  default_model = "vae"
+
+
+TASKS = {"autoencoder": AutoencoderTask, "vae": VAETask}
