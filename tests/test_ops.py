@@ -1,0 +1,374 @@
+"""jaxdl.ops equals lax / flax.linen in values and gradients.
+
+Convolutions are compared in float32 against the reference at
+`precision=HIGHEST` with a relative tolerance of 1e-5 (max abs error over max
+abs value); pooling, which does no arithmetic, is compared exactly.
+"""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxdl import ops
+from jaxdl.ops import conv as conv_mod
+from jaxdl.ops import pool as pool_mod
+
+HIGHEST = lax.Precision.HIGHEST
+NHWC = ("NHWC", "HWIO", "NHWC")
+RTOL = 1e-5
+
+
+def _rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert a.shape == b.shape, (a.shape, b.shape)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _assert_close(got, want, rtol=RTOL):
+  for g, w in zip(jax.tree_util.tree_leaves(got),
+                  jax.tree_util.tree_leaves(want)):
+    assert g.dtype == w.dtype, (g.dtype, w.dtype)
+    assert _rel_err(g, w) <= rtol, _rel_err(g, w)
+
+
+def _randn(shape, seed=0, dtype=np.float32):
+  # numpy, not jax.random: no XLA compile per new shape.
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+
+
+def _vjp_both(ref, new, *args, seed=1):
+  """(ref outputs + VJPs, new outputs + VJPs) for one random cotangent.
+
+  Both in one jit so each case costs a single XLA compile.
+  """
+  out = jax.eval_shape(ref, *args)
+  g = _randn(out.shape, seed, out.dtype)
+
+  def both(g, *args):
+    res = []
+    for f in (ref, new):
+      y, vjp = jax.vjp(f, *args)
+      res.append((y,) + tuple(vjp(g)))
+    return res
+
+  return jax.jit(both)(g, *args)
+
+
+def _check(ref, new, *args, rtol=RTOL):
+  want, got = _vjp_both(ref, new, *args)
+  _assert_close(got, want, rtol)
+
+
+MODES = [
+    # (FWD_MODE, DX_MODE, DW_MODE, SAVE_PATCHES, IM2COL_IMPL): each path once.
+    ("im2col", "col2im", "im2col", True, "concat"),
+    ("im2col", "col2im", "im2col", False, "axiswise"),
+    ("im2col", "transpose", "im2col", False, "concat"),
+    ("im2col", "transpose", "lax", True, "axiswise"),
+    ("lax", "lax", "lax", True, "auto"),
+    ("lax", "col2im", "im2col", True, "auto"),
+]
+
+
+@pytest.fixture
+def set_modes(monkeypatch):
+  def apply(modes):
+    names = ("FWD_MODE", "DX_MODE", "DW_MODE", "SAVE_PATCHES", "IM2COL_IMPL")
+    for name, value in zip(names, modes):
+      monkeypatch.setattr(conv_mod, name, value)
+    conv_mod._conv_fn.cache_clear()
+  yield apply
+  conv_mod._conv_fn.cache_clear()
+
+
+def _conv_pair(x_shape, k, c_out, strides, padding, *, rhs_dilation=None,
+               seed=0):
+  nsp = len(x_shape) - 2
+  x = _randn(x_shape, seed)
+  w = _randn((k,) * nsp + (x_shape[-1], c_out), seed + 1)
+  dn = {1: ("NWC", "WIO", "NWC"), 2: NHWC, 3: ("NDHWC", "DHWIO", "NDHWC")}[nsp]
+
+  def ref(x, w):
+    return lax.conv_general_dilated(x, w, strides, padding,
+                                    rhs_dilation=rhs_dilation,
+                                    dimension_numbers=dn, precision=HIGHEST)
+
+  def new(x, w):
+    return ops.conv_general_dilated(x, w, strides, padding,
+                                    rhs_dilation=rhs_dilation,
+                                    dimension_numbers=dn)
+  return x, w, ref, new
+
+
+CONV_CASES = [
+    # (x shape NHWC, kernel, out channels, strides, padding)
+    ((2, 8, 8, 3), 3, 4, (1, 1), "SAME"),
+    ((2, 7, 9, 3), 3, 5, (1, 1), "VALID"),
+    ((2, 7, 9, 4), 3, 6, (2, 2), "SAME"),
+    ((2, 11, 9, 1), 5, 2, (2, 2), "VALID"),
+    ((2, 7, 7, 8), 1, 16, (1, 1), "SAME"),
+    ((2, 7, 7, 8), 1, 4, (2, 2), "VALID"),
+    ((2, 9, 8, 3), 4, 5, (2, 2), "SAME"),
+    ((2, 10, 7, 3), 3, 4, (3, 2), "SAME_LOWER"),
+    ((2, 9, 10, 3), 3, 4, (1, 2), ((2, 0), (1, 3))),
+    ((2, 9, 10, 3), 3, 4, (1, 1), ((-1, 2), (0, -1))),
+]
+
+
+def _check_conv(case, **kw):
+  x_shape, k, c_out, strides, padding = case
+  x, w, ref, new = _conv_pair(x_shape, k, c_out, strides, padding, **kw)
+  _check(ref, new, x, w)
+
+
+@pytest.mark.parametrize("case", CONV_CASES,
+                         ids=lambda c: f"{c[0]}k{c[1]}s{c[3]}{c[4]}")
+def test_conv_values_and_grads(case):
+  _check_conv(case)
+
+
+@pytest.mark.parametrize("modes", MODES, ids=lambda m: "-".join(map(str, m)))
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (2, 9)],
+                         ids=lambda c: f"{c[0]}k{c[1]}s{c[3]}{c[4]}")
+def test_conv_every_mode(case, modes, set_modes):
+  set_modes(modes)
+  _check_conv(case)
+
+
+@pytest.mark.parametrize("x_shape,k,strides,padding,dil", [
+    ((2, 13, 3), 3, (1,), "SAME", (2,)),           # 1-D, dilated kernel
+    ((2, 12, 4), 4, (2,), "VALID", None),          # 1-D
+    ((2, 10, 11, 3), 3, (1, 1), "SAME", (2, 3)),   # 2-D dilated kernel
+    ((2, 5, 6, 7, 2), 3, (2, 1, 1), "SAME", None),  # 3-D
+])
+def test_conv_other_ranks_and_kernel_dilation(x_shape, k, strides, padding, dil):
+  x, w, ref, new = _conv_pair(x_shape, k, 3, strides, padding, rhs_dilation=dil)
+  assert conv_mod.is_supported(x.shape, w.shape, dimension_numbers=(
+      {3: ("NWC", "WIO", "NWC"), 4: NHWC, 5: ("NDHWC", "DHWIO", "NDHWC")}[
+          x.ndim]))
+  _check(ref, new, x, w)
+
+
+def test_conv_dimension_numbers_object_is_accepted():
+  # flax passes a ConvDimensionNumbers, not strings.
+  x, w, ref, _ = _conv_pair((2, 6, 6, 3), 3, 4, (1, 1), "SAME")
+  dn = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  assert conv_mod.is_supported(x.shape, w.shape, dimension_numbers=dn)
+  got = ops.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+  _assert_close(got, ref(x, w))
+
+
+FALLBACKS = [
+    # (x shape, w shape, kwargs) that the im2col path does not handle.
+    ((2, 6, 6, 4), (3, 3, 4, 4),
+     dict(lhs_dilation=(2, 2), padding=((1, 1), (1, 1)))),
+    ((2, 6, 6, 4), (3, 3, 2, 4), dict(feature_group_count=2)),
+    ((4, 6, 6, 4), (3, 3, 4, 4), dict(batch_group_count=2)),
+    ((2, 4, 6, 6), (4, 4, 3, 3), dict(dimension_numbers=("NCHW", "OIHW", "NCHW"))),
+    ((2, 4, 6, 6), (4, 4, 3, 3), dict(dimension_numbers=None)),
+    ((2, 6, 6, 4), (4, 4, 3, 3), dict(dimension_numbers=("NHWC", "OIHW", "NHWC"))),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw", FALLBACKS,
+                         ids=lambda v: ",".join(v) if isinstance(v, dict) else "")
+def test_conv_fallbacks_equal_lax(x_shape, w_shape, kw, monkeypatch):
+  kw = dict(kw)
+  padding = kw.pop("padding", "SAME")
+  dn = kw.pop("dimension_numbers", NHWC)
+  x, w = _randn(x_shape, 0), _randn(w_shape, 1)
+  assert not conv_mod.is_supported(
+      x.shape, w.shape, lhs_dilation=kw.get("lhs_dilation"),
+      dimension_numbers=dn, feature_group_count=kw.get("feature_group_count", 1),
+      batch_group_count=kw.get("batch_group_count", 1))
+  # The fallback must not touch the im2col path at all.
+  monkeypatch.setattr(conv_mod, "_conv_fn", None)
+  args = (x, w, (1, 1), padding)
+  got = ops.conv_general_dilated(*args, dimension_numbers=dn, **kw)
+  want = lax.conv_general_dilated(*args, dimension_numbers=dn, **kw)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_conv_dtypes_follow_lax():
+  x = _randn((2, 6, 6, 3), 0, jnp.bfloat16)
+  w = _randn((3, 3, 3, 4), 1, jnp.bfloat16)
+  for pet in (None, jnp.float32):
+    got = ops.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
+                                   preferred_element_type=pet)
+    want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC,
+                                    preferred_element_type=pet)
+    assert got.dtype == want.dtype
+    assert _rel_err(got, want) < 2e-2
+  dx, dw = jax.grad(lambda x, w: ops.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=NHWC).astype(jnp.float32).sum(),
+                    argnums=(0, 1))(x, w.astype(jnp.float32))
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+
+
+class _Net(nn.Module):
+  fast: bool
+  padding: str = "SAME"
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    kw = {"conv_general_dilated": ops.conv_general_dilated} if self.fast else {}
+    prec = dict(precision=HIGHEST)
+    x = nn.relu(nn.Conv(6, (3, 3), strides=self.strides, padding=self.padding,
+                        **prec, **kw)(x))
+    x = nn.Conv(5, (4, 4), padding="CIRCULAR", use_bias=False, **prec, **kw)(x)
+    x = nn.Conv(4, (1, 1), **prec, **kw)(x)
+    return x
+
+
+@pytest.mark.parametrize("padding,strides", [("SAME", 1), ("VALID", 2)])
+def test_flax_conv_layer_same_outputs_and_grads(padding, strides):
+  x = _randn((2, 9, 8, 3))
+  plain, fast = _Net(False, padding, strides), _Net(True, padding, strides)
+  params = jax.jit(plain.init)(jax.random.key(1), x)["params"]
+  # The conv function is not a parameter: same tree either way.
+  assert (jax.tree_util.tree_structure(jax.eval_shape(fast.init,
+                                                      jax.random.key(1), x))
+          == jax.tree_util.tree_structure({"params": params}))
+  _check(lambda p, x: plain.apply({"params": p}, x),
+         lambda p, x: fast.apply({"params": p}, x), params, x)
+
+
+def test_conv_under_jit_grad_in_a_train_loop_decreases_loss():
+  model = _Net(True)
+  x, target = _randn((4, 8, 8, 3), 0), _randn((4, 8, 8, 4), 1)
+  params = jax.jit(model.init)(jax.random.key(2), x)["params"]
+  loss = lambda p: jnp.mean((model.apply({"params": p}, x) - target) ** 2)
+  step = jax.jit(lambda p: jax.tree_util.tree_map(
+      lambda a, g: a - 0.05 * g, p, jax.grad(loss)(p)))
+  loss = jax.jit(loss)
+  l0 = loss(params)
+  for _ in range(10):
+    params = step(params)
+  assert loss(params) < 0.9 * l0
+
+
+# ---------------------------------------------------------------- transpose
+@pytest.mark.parametrize("x_shape,k,s,padding,tk", [
+    ((2, 7, 6, 5), 4, 2, "SAME", False),
+    ((2, 7, 6, 5), 4, 2, "VALID", True),
+    ((2, 5, 6, 3), 3, 1, "SAME", False),
+    ((2, 5, 4, 3), 5, 3, "VALID", False),
+    ((2, 5, 6, 3), 3, 2, ((1, 2), (3, 0)), True),
+    ((2, 9, 4), 4, 2, "SAME", False),  # 1-D
+])
+def test_conv_transpose_equals_lax(x_shape, k, s, padding, tk):
+  nsp = len(x_shape) - 2
+  x = _randn(x_shape, 0)
+  io = (4, x_shape[-1]) if tk else (x_shape[-1], 4)  # as flax's ConvTranspose
+  w = _randn((k,) * nsp + io, 1)
+  args = ((s,) * nsp, padding)
+  ref = lambda x, w: lax.conv_transpose(x, w, *args, transpose_kernel=tk,
+                                        precision=HIGHEST)
+  new = lambda x, w: ops.conv_transpose(x, w, *args, transpose_kernel=tk)
+  _check(ref, new, x, w)
+
+
+# ---------------------------------------------------------------- pooling
+POOL_CASES = [
+    # (x shape, window, strides, padding)
+    ((2, 8, 8, 3), (2, 2), (2, 2), "VALID"),
+    ((2, 9, 7, 3), (2, 2), (2, 2), "VALID"),     # odd: remainder dropped
+    ((2, 9, 7, 3), (2, 2), (2, 2), "SAME"),      # odd: -inf padded
+    ((2, 9, 7, 3), (3, 3), (3, 3), "SAME"),
+    ((2, 8, 9, 3), (2, 3), (2, 3), ((1, 1), (0, 2))),
+    ((9, 7, 3), (2, 2), (2, 2), "VALID"),        # no batch dim
+    ((2, 2, 6, 7, 3), (2, 2), (2, 2), "VALID"),  # two batch dims
+    ((2, 11, 3), (2,), (2,), "VALID"),           # 1-D
+]
+POOL_FALLBACKS = [
+    ((2, 9, 7, 3), (3, 3), (2, 2), "VALID"),     # overlapping windows
+    ((2, 9, 7, 3), (2, 2), (1, 1), "SAME"),
+    ((2, 9, 7, 3), (2, 2), None, "VALID"),       # flax: strides default 1
+]
+
+
+def _tied_input(shape, seed=0):
+  # Few distinct values: most windows contain ties, including of the max.
+  r = np.random.default_rng(seed)
+  return jnp.asarray(r.integers(0, 3, size=shape), jnp.float32)
+
+
+@pytest.mark.parametrize("case", POOL_CASES + POOL_FALLBACKS, ids=str)
+def test_max_pool_equals_flax_with_ties(case):
+  shape, window, strides, padding = case
+  x = _tied_input(shape)
+  ref = lambda x: nn.max_pool(x, window, strides=strides, padding=padding)
+  new = lambda x: ops.max_pool(x, window, strides=strides, padding=padding)
+  want, got = _vjp_both(ref, new, x)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+
+
+def test_max_pool_reshape_path_is_taken():
+  plan = pool_mod._plan((2, 9, 7, 3), (2, 2), (2, 2), "SAME", allow_pad=True)
+  assert plan == ((2, 2), [(0, 1), (0, 1)])
+  assert pool_mod._plan((2, 9, 7, 3), (3, 3), (2, 2), "VALID",
+                        allow_pad=True) is None
+  # The jaxpr of the fast path has no reduce_window / select_and_scatter.
+  x = jnp.ones((2, 8, 8, 3))
+  jaxpr = str(jax.make_jaxpr(jax.grad(
+      lambda x: ops.max_pool(x, (2, 2), (2, 2)).sum()))(x))
+  assert "reduce_window" not in jaxpr and "select_and" not in jaxpr
+
+
+def test_max_pool_tie_rule_first_max_takes_all():
+  # One 2x2 window, all four equal: the whole gradient goes to the first
+  # element in row-major window order, as with flax's reduce_window; the
+  # per-window gradient sums to the cotangent.
+  x = jnp.full((1, 2, 2, 1), 5.0)
+  for f in (ops.max_pool, nn.max_pool):
+    g = jax.jit(jax.grad(lambda x, f=f: 3.0 * f(x, (2, 2), (2, 2)).sum()))(x)
+    np.testing.assert_array_equal(g[0, :, :, 0], [[3.0, 0.0], [0.0, 0.0]])
+  x = jnp.array([1.0, 4.0, 2.0, 4.0]).reshape(1, 2, 2, 1)
+  g = jax.jit(jax.grad(lambda x: ops.max_pool(x, (2, 2), (2, 2)).sum()))(x)
+  np.testing.assert_array_equal(g[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("case", POOL_CASES[:2] + POOL_CASES[5:] + [
+    ((2, 9, 7, 3), (2, 2), (2, 2), "SAME"),      # needs padding: fallback
+    ((2, 8, 8, 3), (2, 2), (2, 2), "SAME"),
+] + POOL_FALLBACKS, ids=str)
+def test_avg_pool_equals_flax(case):
+  shape, window, strides, padding = case
+  x = _randn(shape)
+  for cip in (True, False):
+    ref = lambda x: nn.avg_pool(x, window, strides=strides, padding=padding,
+                                count_include_pad=cip)
+    new = lambda x: ops.avg_pool(x, window, strides=strides, padding=padding,
+                                 count_include_pad=cip)
+    _check(ref, new, x, rtol=1e-6)
+
+
+def test_tune_malloc_applies_on_glibc():
+  import platform  # pylint: disable=g-import-not-at-top
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    pytest.skip("mallopt is glibc-only")
+  assert ops.tune_malloc() is True
+
+
+def test_configure_cpu_is_refused_after_backend_start(monkeypatch):
+  jax.devices()  # the test session's backend is up
+  monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+  assert ops.configure_cpu() is False
+  assert os.environ["XLA_FLAGS"] == "--xla_foo=1"
+
+
+def test_configure_cpu_appends_flags_once(monkeypatch):
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
+  assert ops.configure_cpu(malloc=False) is True
+  assert ops.configure_cpu(malloc=False) is True
+  flags = os.environ["XLA_FLAGS"].split()
+  assert flags == ["--xla_foo=1", *ops.CPU_XLA_FLAGS]
