@@ -30,11 +30,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.log_every = 100
   c.seed = 0
-  c.dtype = "float32"         # compute dtype: float32 or bfloat16
+  c.dtype = "float32"         # compute dtype: float32 or bfloat16 (params stay float32)
+  c.grad_accum_steps = 1      # micro-batches per step (batch_size is the whole step's)
   c.augment = ml_collections.ConfigDict(dict(crop_padding=0, flip=False))
   c.normalize = ml_collections.ConfigDict(dict(mean=(), std=()))
   c.async_checkpoints = True
   c.tensorboard = True
+  c.nonfinite = "stop"        # NaN/Inf loss or grads: 'stop' the run, or 'skip' the update
   return c
 
 
@@ -58,6 +60,12 @@ def validate(config, num_devices: int = 1) -> None:
   if config.num_steps == 0 and config.num_epochs == 0:
     raise ConfigError("num_steps=0 and num_epochs=0: nothing to train; pass "
                       "--config.num_steps=N or --config.num_epochs=N")
+  _positive(config, "grad_accum_steps")
+  k = config.get("grad_accum_steps", 1)
+  if config.batch_size % (k * num_devices):
+    raise ConfigError(f"batch_size={config.batch_size} must split into grad_accum_steps={k} "
+                      f"micro-batches over {num_devices} devices; pass --config.batch_size="
+                      f"{max(1, config.batch_size // (k * num_devices)) * k * num_devices}")
   for f in ("batch_size", "eval_batch_size"):
     v = config.get(f)
     if v and v % num_devices:
@@ -67,6 +75,10 @@ def validate(config, num_devices: int = 1) -> None:
   if not isinstance(lr, (int, float)) or lr < 0:
     raise ConfigError(f"optimizer.learning_rate={lr!r} must be a non-negative number; "
                       "pass e.g. --config.optimizer.learning_rate=0.001")
+  if config.get("nonfinite", "stop") not in ("stop", "skip"):
+    raise ConfigError(f"nonfinite={config.nonfinite!r}: choose 'stop' (end the run at "
+                      "a NaN/Inf loss) or 'skip' (drop that update); pass "
+                      "--config.nonfinite=stop")
   if config.get("dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"dtype={config.dtype!r}: choose float32 or bfloat16 "
                       "(--config.dtype=...)")

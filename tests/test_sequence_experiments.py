@@ -65,6 +65,7 @@ def test_causal_lm_task_learns_a_repeating_sequence():
   gb = parallel.global_batch(batch, mesh)
   for i in range(60):
     state, m = engine.train_step(state, gb)
+    jax.block_until_ready(m)
     first = float(m["loss"]) if i == 0 else first
   assert float(m["loss"]) < 0.2 * first
   ev = engine.evaluate(state, [dict(batch, mask=np.ones(16, np.float32))])

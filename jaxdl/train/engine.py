@@ -5,6 +5,12 @@ the state replicated (`NamedSharding`), the state donated to the train step.
 The state is never materialised on one device first: shapes come from
 `jax.eval_shape(init)` and the real state from `jax.jit(init, out_shardings=...)`
 (the PRNG-heavy init runs compiled, once).
+
+Every train step also reports `metrics['nonfinite']` (1.0 when a loss, a
+gradient norm or a new parameter is NaN/Inf). With `nonfinite='skip'` such an
+update is dropped inside the step (`jnp.where` on the flag: params, optimizer
+and model state unchanged, only `step` advances); with 'stop' (the default)
+the update is applied and the training loop stops at its next check.
 """
 
 from __future__ import annotations
@@ -21,11 +27,35 @@ from jaxdl.train.state import TrainState, step_key
 from jaxdl.train.task import Task
 
 
+NONFINITE_MODES = ("stop", "skip")
+
+
+def checked_metrics(metrics: dict[str, Any]) -> list[str]:
+  """The metrics whose non-finite value marks a bad step: losses and grad norms."""
+  return sorted((k for k in metrics if k.endswith("loss") or "grad_norm" in k),
+                key=lambda k: (not k.endswith("loss"), k))
+
+
+def step_is_finite(metrics: dict[str, Any], params: Any) -> jax.Array:
+  """A bool scalar: every checked metric and every new parameter is finite.
+
+  Generic over tasks: NaN/Inf gradients reach the params through the update,
+  so params + losses catch them without the task's cooperation.
+  """
+  flags = [jnp.all(jnp.isfinite(metrics[k])) for k in checked_metrics(metrics)]
+  flags += [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
 class Engine:
   """Compiles a Task's functions for a mesh."""
 
-  def __init__(self, task: Task, mesh, example_batch: dict[str, Any]):
-    self.task, self.mesh = task, mesh
+  def __init__(self, task: Task, mesh, example_batch: dict[str, Any],
+               nonfinite: str = "stop"):
+    if nonfinite not in NONFINITE_MODES:
+      raise ValueError(f"nonfinite={nonfinite!r}: choose one of {NONFINITE_MODES}")
+    self.task, self.mesh, self.nonfinite = task, mesh, nonfinite
     self.replicated = parallel.replicated(mesh)
     self.batch_sharding = parallel.batch_sharding(mesh)
     # Global shapes of a batch (the example may be per-process or global).
@@ -47,6 +77,11 @@ class Engine:
     def train_step(state: TrainState, batch):
       self.trace_count += 1
       new_state, metrics = task.train_update(state, batch, step_key(state))
+      finite = step_is_finite(metrics, new_state.params)
+      if nonfinite == "skip":
+        # Keep the old params/optimizer/model state; only the step advances.
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+      metrics = dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32))
       return new_state.replace(step=state.step + 1), metrics
 
     self.train_step = jax.jit(
@@ -54,14 +89,14 @@ class Engine:
         in_shardings=(self.state_shardings, self.batch_sharding),
         out_shardings=(self.state_shardings, self.replicated))
 
-    def eval_step(state: TrainState, batch):
+    def eval_step(state: TrainState, batch, total):
       sums = task.eval_metrics(state, batch)
       sums = dict(sums, count=jnp.sum(batch["mask"]))
-      return sums
+      return sums if total is None else jax.tree.map(jnp.add, total, sums)
 
-    self.eval_step = jax.jit(eval_step,
-                             in_shardings=(self.state_shardings, self.batch_sharding),
-                             out_shardings=self.replicated)
+    # Sums accumulate inside jit: no eager op ever touches a global array (in
+    # multi-process runs every process must run the same compiled programs).
+    self.eval_step = jax.jit(eval_step, out_shardings=self.replicated)
 
   def init_state(self, seed: int) -> TrainState:
     return self._init(seed)
@@ -70,8 +105,7 @@ class Engine:
     """Means over a split of the task's per-example metric sums."""
     total = None
     for batch in batches:
-      sums = self.eval_step(state, parallel.global_batch(batch, self.mesh))
-      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+      total = self.eval_step(state, parallel.global_batch(batch, self.mesh), total)
     total = parallel.to_host(total)
     count = float(total.pop("count"))
     return {k: float(v) / max(count, 1.0) for k, v in total.items()}

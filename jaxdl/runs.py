@@ -1,0 +1,39 @@
+"""Reading a finished or running run back from its workdir.
+
+`load_config(workdir)` gives the resolved config the run saved;
+`restore_state(workdir)` rebuilds the run (dataset, task, engine) on the
+devices of *this* process and restores its latest or best checkpoint, whatever
+topology saved it. Used by evaluation, prediction, export and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from jaxdl import checkpoint
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.abspath(workdir), "config.json")
+  if not os.path.exists(path):
+    raise checkpoint.CheckpointError(
+        f"{path} not found: {workdir} is not a jaxdl run folder; pass --workdir=DIR of a run")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_state(workdir: str, which: str = "latest", mesh=None, config=None):
+  """(run, state, step) from `workdir`'s latest (or best) checkpoint."""
+  from jaxdl.train import loop  # pylint: disable=g-import-not-at-top
+  config = config or load_config(workdir)
+  run = loop.Run(config, workdir, mesh=mesh)
+  ckpt = run.checkpointer
+  step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+  if step is None:
+    raise checkpoint.CheckpointError(
+        f"no checkpoint in {ckpt.directory}: train first, or pass --workdir=DIR of a run")
+  state = ckpt.restore(step, run.abstract_state())
+  return run, state, step
