@@ -46,7 +46,8 @@ def to_host(tree: Any) -> Any:
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None,
-                           local_device_count: int | None = None) -> bool:
+                           local_device_count: int | None = None,
+                           heartbeat_timeout_s: int = 30) -> bool:
   """Starts `jax.distributed` when asked by flags or the cluster environment.
 
   Explicit arguments win; otherwise JAXDL_COORDINATOR / JAXDL_NUM_PROCESSES /
@@ -61,11 +62,14 @@ def initialize_distributed(coordinator_address: str | None = None,
   if local_device_count:
     jax.config.update("jax_num_cpu_devices", local_device_count)
   if coordinator_address:
+    # A lost process is noticed by the others within the heartbeat timeout
+    # (jax's default is 100 s); they then stop instead of hanging.
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
     return True
   if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
     return True
   return False

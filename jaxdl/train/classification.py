@@ -5,11 +5,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxdl import models
+from jaxdl.data.errors import DataError
+from jaxdl.configs import ConfigError
 from jaxdl.train import losses, optim
 from jaxdl.train.engine import apply_gradients
 from jaxdl.train.task import Task
@@ -41,8 +44,15 @@ class ClassificationTask(Task):
         kwargs.setdefault(arg, n_out)
         break
     if config.get("dtype", "float32") != "float32":
+      if "dtype" not in ctor_args:
+        raise ConfigError(f"dtype={config.dtype!r}: model {config.model.name!r} has no "
+                          "compute-dtype option; pass --config.dtype=float32")
       kwargs["dtype"] = config.dtype
+    self.accum_steps = int(config.get("grad_accum_steps", 1))
     self.model = models.get_model(config.model.name, **kwargs)
+    shape = info.get("input_shape")
+    self.input_shape = tuple(int(d) for d in shape) if shape is not None else None
+    self.dataset_name = info.get("name", "")
     self.tx, self.schedule = optim.make_optimizer(config.optimizer, total_steps)
     if not self.classifies:
       self.best_metric, self.best_mode = "loss", "min"
@@ -53,10 +63,25 @@ class ClassificationTask(Task):
 
   def init(self, key, batch):
     x = batch["inputs"]
+    self._check_input_shape(x)
     example = jnp.zeros((1,) + tuple(x.shape[1:]), x.dtype)
     variables = self.model.init(key, example)
     params, model_state = models.split_variables(variables)
     return params, self.tx.init(params), model_state
+
+  def _check_input_shape(self, x) -> None:
+    """Fails before compiling if the batches don't match the dataset's declared shape."""
+    want = self.input_shape
+    if want is None:
+      return
+    try:
+      chex.assert_shape(x, (None, *want))
+    except AssertionError:
+      raise DataError(
+          f"{self.dataset_name or 'dataset'}: batch inputs have per-example shape "
+          f"{tuple(x.shape[1:])} but the dataset declares input_shape {want} (the model "
+          f"{self.model.name or 'model'} is built for {want}); check the data files and "
+          "--config.dataset") from None
 
   def _outputs(self, params, model_state, batch, *, train, key=None):
     variables = {"params": params, **model_state}
@@ -76,16 +101,40 @@ class ClassificationTask(Task):
       m["accuracy"] = (jnp.argmax(out, -1) == label).astype(jnp.float32)
     return m
 
-  def train_update(self, state, batch, key):
+  def _grads(self, params, model_state, batch, key):
     def loss_fn(params):
-      out, model_state = self._outputs(params, state.model_state, batch, train=True, key=key)
-      m = self._metrics(out, batch)
-      return jnp.mean(m["loss"]), (model_state, m)
+      out, new_model_state = self._outputs(params, model_state, batch, train=True, key=key)
+      m = {k: jnp.mean(v) for k, v in self._metrics(out, batch).items()}
+      return m["loss"], (new_model_state, m)
+    (_, (model_state, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, model_state, m
 
-    (loss, (model_state, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  def train_update(self, state, batch, key):
+    k = self.accum_steps
+    if k == 1:
+      grads, model_state, m = self._grads(state.params, state.model_state, batch, key)
+    else:
+      # Gradient accumulation: k micro-batches in a lax.scan (one micro-batch's
+      # activations live at a time); the mean of their mean gradients is the
+      # full batch's. Micro-batch i takes rows i, i+k, ... so each device keeps
+      # its own rows. Batch-norm statistics update once per micro-batch.
+      micro = jax.tree.map(
+          lambda x: x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1), batch)
+
+      def body(carry, xs):
+        acc, model_state = carry
+        mb, i = xs
+        g, model_state, m = self._grads(state.params, model_state, mb,
+                                        jax.random.fold_in(key, i))
+        return (jax.tree.map(jnp.add, acc, g), model_state), m
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, model_state), ms = jax.lax.scan(body, (zeros, state.model_state),
+                                              (micro, jnp.arange(k)))
+      grads = jax.tree.map(lambda g: g / k, grads)
+      m = jax.tree.map(jnp.mean, ms)
     new_state, update_norm = apply_gradients(state, self.tx, grads, model_state=model_state)
-    metrics = {k: jnp.mean(v) for k, v in m.items()}
-    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), update_norm=update_norm,
+    metrics = dict(m, grad_norm=optax.tree.norm(grads), update_norm=update_norm,
                    param_norm=optax.tree.norm(state.params),
                    learning_rate=self.schedule(state.step))
     return new_state, metrics

@@ -1,0 +1,171 @@
+"""Scale-out: several processes on one machine (jax.distributed over 127.0.0.1),
+cross-topology restores, gradient accumulation and bfloat16 compute."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxdl import parallel, runs
+from jaxdl.configs import base_config
+from jaxdl.train.classification import ClassificationTask
+from jaxdl.train.engine import Engine
+
+PY = sys.executable
+MNIST_ARGS = ["--flagfile=experiments/flagfiles/mnist_mlp.flags", "--config.num_epochs=0",
+              "--config.num_steps=60", "--config.eval_every=30", "--config.log_every=30",
+              "--config.model.kwargs.dropout=0.0"]
+
+
+def _env():
+  return dict(os.environ, PYTHONUNBUFFERED="1",
+              JAXDL_COMPILATION_CACHE=str(REPO / ".pytest_cache" / "xla"))
+
+
+def single(workdir, devices, *args, env=None):
+  return subprocess.run([PY, "-m", "experiments.mnist_mlp", *MNIST_ARGS, *args,
+                         f"--workdir={workdir}", f"--num_cpu_devices={devices}"],
+                        cwd=REPO, env={**_env(), **(env or {})}, capture_output=True,
+                        text=True, timeout=300)
+
+
+def multi(workdir, processes, devices, *args, env=None):
+  return subprocess.run([PY, "scripts/launch_local.py", f"--num_processes={processes}",
+                         f"--devices_per_process={devices}", "--timeout=240",
+                         "experiments.mnist_mlp", *MNIST_ARGS, *args, f"--workdir={workdir}"],
+                        cwd=REPO, env={**_env(), **(env or {})}, capture_output=True,
+                        text=True, timeout=300)
+
+
+def params(workdir):
+  _, state, step = runs.restore_state(str(workdir), mesh=parallel.make_mesh(jax.devices()[:1]))
+  return step, [np.asarray(x) for x in jax.tree.leaves(parallel.to_host(state.params))]
+
+
+def assert_close(a, b, tol):
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory, mnist_dir):
+  base = tmp_path_factory.mktemp("scale")
+  data = f"--config.data_dir={mnist_dir}"
+  out = {}
+  for name, devices in (("1x1", 1), ("1x4", 4)):
+    r = single(base / name, devices, data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out[name] = base / name
+  r = multi(base / "2x2", 2, 2, data)
+  assert r.returncode == 0, r.stdout[-3000:]
+  out["2x2"] = base / "2x2"
+  out["data"] = data
+  return out
+
+
+def test_two_processes_equal_one_process(reference_runs):
+  s22, p22 = params(reference_runs["2x2"])
+  s14, p14 = params(reference_runs["1x4"])
+  s11, p11 = params(reference_runs["1x1"])
+  assert s22 == s14 == s11 == 60
+  assert_close(p22, p14, 1e-6)
+  assert_close(p22, p11, 1e-5)
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_checkpoint_from_2x2_continues_on_another_topology(tmp_path, reference_runs, devices):
+  wd = tmp_path / "run"
+  # 2 processes x 2 devices, killed after step 45 (last checkpoint: 30).
+  r = multi(wd, 2, 2, reference_runs["data"], env={"JAXDL_FAULT_KILL": "step:45"})
+  assert r.returncode != 0
+  r = single(wd, devices, reference_runs["data"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "resumed from step 30" in r.stdout
+  _, got = params(wd)
+  _, want = params(reference_runs["1x1"])
+  assert_close(got, want, 1e-5)
+
+
+def test_losing_a_process_stops_the_other_and_the_next_launch_resumes(tmp_path, mnist_dir):
+  wd = tmp_path / "run"
+  args = [*MNIST_ARGS, f"--config.data_dir={mnist_dir}", "--config.num_steps=100000",
+          "--config.checkpoint_every=50", "--config.eval_every=50", f"--workdir={wd}",
+          "--coordinator_address=127.0.0.1:%d" % _free_port(), "--num_processes=2",
+          "--num_cpu_devices=1"]
+  procs = [subprocess.Popen([PY, "-m", "experiments.mnist_mlp", *args, f"--process_id={i}"],
+                            cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    deadline = time.monotonic() + 180
+    while not any(p.isdigit() and int(p) >= 100 for p in _ls(wd / "checkpoints")):
+      assert time.monotonic() < deadline, "no checkpoint written"
+      assert procs[0].poll() is None and procs[1].poll() is None
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    t = time.monotonic()
+    out, _ = procs[0].communicate(timeout=90)
+    waited = time.monotonic() - t
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert procs[0].returncode != 0
+  assert waited < 60, waited
+  assert "unhealthy" in out and "heartbeats):\n1\n" in out, out[-2000:]
+  committed = max(int(p) for p in _ls(wd / "checkpoints") if p.isdigit())
+  r = single(wd, 2, f"--config.data_dir={mnist_dir}", f"--config.num_steps={committed + 20}",
+             "--config.checkpoint_every=50", "--config.eval_every=50")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resumed from step {committed}" in r.stdout
+
+
+def _ls(path):
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_gradient_accumulation_equals_the_large_batch():
+  rng = np.random.default_rng(0)
+  batch = {"inputs": rng.random((128, 8, 8, 1), dtype=np.float32),
+           "label": rng.integers(0, 10, 128).astype(np.int32)}
+  results = []
+  for k in (1, 4):
+    c = base_config()
+    c.model.kwargs = {"hidden": (32,), "dropout": 0.0}
+    c.grad_accum_steps = k
+    c.optimizer.learning_rate = 1e-2
+    task = ClassificationTask(c, {"num_classes": 10})
+    mesh = parallel.make_mesh()
+    engine = Engine(task, mesh, batch)
+    state = engine.init_state(0)
+    for _ in range(3):
+      state, m = engine.train_step(state, parallel.global_batch(batch, mesh))
+    results.append((jax.tree.leaves(parallel.to_host(state.params)), float(m["loss"])))
+  assert_close(results[0][0], results[1][0], 1e-5)
+  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_bfloat16_trains_mnist_mlp_within_half_a_percent(tmp_path, mnist_dir):
+  acc = {}
+  for dtype in ("float32", "bfloat16"):
+    r = single(tmp_path / dtype, 1, f"--config.data_dir={mnist_dir}", "--config.num_steps=0",
+               "--config.num_epochs=10", "--config.eval_every=0",
+               "--config.model.kwargs.dropout=0.2", f"--config.dtype={dtype}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    acc[dtype] = json.loads((tmp_path / dtype / "summary.json").read_text())["eval"]["accuracy"]
+  assert acc["float32"] >= 0.975
+  assert abs(acc["bfloat16"] - acc["float32"]) <= 0.005, acc
