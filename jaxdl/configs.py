@@ -60,17 +60,17 @@ def validate(config, num_devices: int = 1) -> None:
   if config.num_steps == 0 and config.num_epochs == 0:
     raise ConfigError("num_steps=0 and num_epochs=0: nothing to train; pass "
                       "--config.num_steps=N or --config.num_epochs=N")
+  for f in ("batch_size", "eval_batch_size"):
+    v = config.get(f)
+    if v and v % num_devices:
+      raise ConfigError(f"{f}={v} is not divisible by the {num_devices} devices; pass "
+                        f"--config.{f}={max(num_devices, v // num_devices * num_devices)}")
   _positive(config, "grad_accum_steps")
   k = config.get("grad_accum_steps", 1)
   if config.batch_size % (k * num_devices):
     raise ConfigError(f"batch_size={config.batch_size} must split into grad_accum_steps={k} "
                       f"micro-batches over {num_devices} devices; pass --config.batch_size="
                       f"{max(1, config.batch_size // (k * num_devices)) * k * num_devices}")
-  for f in ("batch_size", "eval_batch_size"):
-    v = config.get(f)
-    if v and v % num_devices:
-      raise ConfigError(f"{f}={v} is not divisible by the {num_devices} devices; pass "
-                        f"--config.{f}={max(num_devices, v // num_devices * num_devices)}")
   lr = config.optimizer.get("learning_rate")
   if not isinstance(lr, (int, float)) or lr < 0:
     raise ConfigError(f"optimizer.learning_rate={lr!r} must be a non-negative number; "
