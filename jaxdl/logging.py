@@ -54,6 +54,23 @@ class MetricWriter:
       image = image[..., None]
     self._tb.add_image(tag, image, int(step), dataformats="HWC")
 
+  def write_step_images(self, step: int, workdir: str) -> list[str]:
+    """Sends the PNGs a task wrote for this evaluation (`NAME_{step:06d}.png` in
+    `workdir`: sample grids, reconstructions, RBM filters) to TensorBoard as
+    image `NAME`. Returns the tags written."""
+    if not self.enabled or self._tb is None:
+      return []
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    suffix = f"_{int(step):06d}.png"
+    tags = []
+    for name in sorted(os.listdir(workdir)):
+      if name.endswith(suffix):
+        with Image.open(os.path.join(workdir, name)) as img:
+          pixels = np.asarray(img.convert("L" if img.mode in ("L", "I", "1") else "RGB"))
+        tags.append(name[:-len(suffix)])
+        self.write_image(step, tags[-1], pixels)
+    return tags
+
   def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
     if not self.enabled or self._tb is None:
       return
@@ -97,8 +114,16 @@ class Progress:
     self.bar = None
     if self.enabled and tty:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      # A terminal that reports no size (a fresh pty, some CI runners) would get
+      # no bar at all from tqdm (it hides bars beyond `nrows`): give it one.
+      try:
+        size = os.get_terminal_size(self.stream.fileno())
+      except (OSError, ValueError, AttributeError):
+        size = os.terminal_size((0, 0))
+      width = ({"dynamic_ncols": True} if size.columns > 0 and size.lines > 0
+               else {"ncols": size.columns or 120, "nrows": size.lines or 24})
       self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream,
-                      unit="step", dynamic_ncols=True, mininterval=0.2)
+                      unit="step", mininterval=0.2, **width)
     self._last_step = start_step
 
   def examples_per_sec(self, step: int) -> float:
@@ -141,8 +166,7 @@ def flatten_hparams(config: Any, prefix: str = "") -> dict[str, Any]:
   `MetricWriter.write_hparams`: TensorBoard's HParams tab takes scalars only,
   so sequences become strings.
 
-  Called by the training loop at the end of a run (the loop's owner wires it):
-      writer.write_hparams(flatten_hparams(cfg), eval_metrics)
+  The training loop writes them at the end of a run with the final eval metrics.
   """
   items = config.items() if hasattr(config, "items") else []
   flat: dict[str, Any] = {}

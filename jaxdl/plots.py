@@ -6,11 +6,9 @@ stays as it is), and it works on any headless worker. Every PNG is written to a
 temp file and renamed, so a reader never sees half a figure. Sizes are exact:
 a figure asked for as W x H pixels is saved as W x H pixels.
 
-Where the training loop calls these (the loop's owner wires them in):
-
-    # after training, in jaxdl/train/loop.py _train(), after summary.json:
-    plots.write_run_plots(run.workdir, run=run, state=state)
-    # -> workdir/curves.png, and workdir/confusion_matrix.png for classifiers
+The training loop calls `write_run_plots(run.workdir, run=run, state=state)`
+after summary.json: workdir/curves.png, and workdir/confusion_matrix.png for
+classifiers.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """Model summary: layers, output shapes and parameter counts (like Keras'
 `model.summary()`), computed without running anything (shapes only).
 
-Where the training loop calls it (the loop's owner wires it in), in
-`jaxdl/train/loop.py` `_train()`, right after `run = Run(...)`:
-
-    table, n = summary.model_summary(run.task, run.batches(0))
-    progress.write(table)   # or only when starting fresh (resumed is None)
-    # and/or summary.write_model_summary(run.workdir, run.task, run.batches(0))
+The training loop prints it and writes `workdir/model_summary.txt` when a run
+starts fresh (not on resume).
 
 `num_params` equals the parameter count the run reports in summary.json.
 """

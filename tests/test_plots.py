@@ -36,6 +36,48 @@ def _png_size(path):
     return img.size
 
 
+def _events(logdir):
+  """TensorBoard's own reader (what the `tensorboard` program loads)."""
+  from tensorboard.backend.event_processing import event_accumulator as ea
+  acc = ea.EventAccumulator(str(logdir), size_guidance={ea.IMAGES: 0, ea.SCALARS: 0})
+  acc.Reload()
+  return acc
+
+
+def test_a_run_writes_its_figures_summary_and_tensorboard(digits_run):
+  """Without being asked: curves, confusion matrix, model summary, TB scalars."""
+  assert _png_size(digits_run / "curves.png")[0] >= 800
+  assert _png_size(digits_run / "confusion_matrix.png") == (640, 600)
+  table = (digits_run / "model_summary.txt").read_text()
+  assert "Conv_0" in table and "Dense_1" in table
+  assert table.rstrip().endswith(f"Total parameters: {summary(digits_run)['num_params']:,}")
+  acc = _events(digits_run / "tensorboard")
+  tags = acc.Tags()["scalars"]
+  for tag in ("train/loss", "train/accuracy", "train/learning_rate", "train/grad_norm",
+              "eval/accuracy", "eval/loss"):
+    assert tag in tags, (tag, tags)
+  assert [e.step for e in acc.Scalars("train/loss")] == [10, 20, 30, 40]
+  ev = acc.Scalars("eval/accuracy")
+  assert [e.step for e in ev] == [20, 40]
+  assert ev[-1].value == pytest.approx(summary(digits_run)["eval"]["accuracy"], abs=1e-6)
+  hp = _events(digits_run / "tensorboard" / "hparams")  # the HParams session
+  assert "hparam/accuracy" in hp.Tags()["scalars"]
+
+
+def test_generative_grids_reach_tensorboard_as_images(tmp_path, mnist_dir):
+  wd = tmp_path / "ae"
+  r = run_experiment("mnist_autoencoder", "--flagfile=experiments/flagfiles/mnist_autoencoder_smoke.flags",
+                     f"--config.data_dir={mnist_dir}", "--config.num_steps=20",
+                     "--config.eval_every=10", "--config.log_every=10", f"--workdir={wd}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  acc = _events(wd / "tensorboard")
+  assert "recon" in acc.Tags()["images"], acc.Tags()
+  imgs = acc.Images("recon")
+  assert [i.step for i in imgs] == [10, 20]
+  with Image.open(wd / "recon_000020.png") as png:
+    assert (imgs[-1].width, imgs[-1].height) == png.size
+
+
 def test_write_run_plots_after_training(digits_run):
   from jaxdl import evaluate, runs
   run, state, _ = runs.restore_state(str(digits_run))

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdl import checkpoint, configs, lock, parallel
+from jaxdl import checkpoint, configs, lock, parallel, plots, summary as model_summary
 from jaxdl import logging as jlog
 from jaxdl.data import DataError, load_dataset, pipeline
 from jaxdl.tasks import build_task
@@ -225,6 +225,9 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
                            every=cfg.log_every)
   if resumed is not None:
     progress.write(f"resumed from step {resumed} in {ckpt.directory}")
+  else:
+    table, _ = model_summary.write_model_summary(run.workdir, run.task, run.batches(0))
+    progress.write(table)
   t_first = None
   pending = None  # (step, device metrics, device tracker): fetched one step late
   eval_metrics: dict[str, float] = {}
@@ -259,6 +262,7 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
         eval_metrics = run.evaluate(state)
         eval_metrics.update(run.task.on_evaluate(state, run.workdir, step) or {})
         writer.write_scalars(step, "eval", eval_metrics)
+        writer.write_step_images(step, run.workdir)
         progress.write(f"eval step {step}: " + " ".join(
             f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
       if do_ckpt:
@@ -271,13 +275,15 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
     ckpt.wait()
   except BaseException:
     _close_quietly(ckpt)  # the first error is the one to report
+    writer.close()
     raise
   finally:
     progress.close()
-    writer.close()
   ckpt.close()
   if not eval_metrics and resumed is not None:
     eval_metrics = run.evaluate(state)
+  writer.write_hparams(jlog.flatten_hparams(cfg), eval_metrics)
+  writer.close()
   wall = time.perf_counter() - t_start
   train_time = time.perf_counter() - t_train
   steps_done = run.num_steps - start
@@ -295,6 +301,7 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
       "skipped_steps": guard.skipped,
   }
   _write_json(os.path.join(run.workdir, "summary.json"), summary)
+  plots.write_run_plots(run.workdir, run=run, state=state)
   return summary
 
 
