@@ -29,3 +29,23 @@ def fashion_mnist_dir():
   if not (d / "train-images-idx3-ubyte.gz").exists():
     pytest.fail(f"real Fashion-MNIST files expected in {d} (set JAXDL_SHARED_DATA)")
   return str(d)
+
+
+def digits_mlp_config(**overrides):
+  """A small in-process run: an MLP on the bundled digits, 40 steps, eval every
+  20, checkpoints every 10, no TensorBoard; `overrides` set config fields."""
+  from jaxdl.configs import base_config  # pylint: disable=g-import-not-at-top
+  c = base_config()
+  c.dataset = "digits"
+  c.model.name = "mlp"
+  c.model.kwargs = {"hidden": (32,)}
+  c.batch_size = 40
+  c.num_epochs = 0
+  c.num_steps = 40
+  c.checkpoint_every = 10
+  c.eval_every = 20
+  c.log_every = 10
+  c.tensorboard = False
+  for k, v in overrides.items():
+    c[k] = v
+  return c

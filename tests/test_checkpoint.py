@@ -3,25 +3,13 @@
 import jax
 import numpy as np
 
+from conftest import digits_mlp_config
 from jaxdl import parallel
-from jaxdl.configs import base_config
 from jaxdl.train import loop
 
 
 def _config(**kw):
-  c = base_config()
-  c.dataset = "digits"
-  c.model.name = "mlp"
-  c.model.kwargs = {"hidden": (32,)}
-  c.batch_size = 40
-  c.num_epochs = 0
-  c.num_steps = 30
-  c.eval_every = 10
-  c.log_every = 10
-  c.tensorboard = False
-  for k, v in kw.items():
-    c[k] = v
-  return c
+  return digits_mlp_config(**{"num_steps": 30, "eval_every": 10, "checkpoint_every": 0, **kw})
 
 
 def _host(tree):

@@ -81,14 +81,12 @@ class ArraySource:
 
   The arrays are made read-only: loaders share one cached copy per process,
   so a caller writing into a batch view must not corrupt later loads.
+  Subclasses hold other kinds of inputs by overriding `_check_inputs`.
   """
 
   def __init__(self, inputs: np.ndarray, labels: np.ndarray, name: str = ""):
-    inputs = np.asarray(inputs)
+    inputs = self._check_inputs(inputs)
     labels = np.asarray(labels)
-    if inputs.dtype != np.uint8 or inputs.ndim != 4:
-      raise ValueError(f"inputs must be uint8 [N, H, W, C], got "
-                       f"{inputs.dtype}{list(inputs.shape)}")
     if labels.ndim != 1 or len(labels) != len(inputs):
       raise ValueError(f"labels must be [N={len(inputs)}], got "
                        f"{list(labels.shape)}")
@@ -97,6 +95,14 @@ class ArraySource:
     inputs.flags.writeable = labels.flags.writeable = False
     self.arrays = (inputs, labels)
     self.name = name
+
+  @staticmethod
+  def _check_inputs(inputs) -> np.ndarray:
+    inputs = np.asarray(inputs)
+    if inputs.dtype != np.uint8 or inputs.ndim != 4:
+      raise ValueError(f"inputs must be uint8 [N, H, W, C], got "
+                       f"{inputs.dtype}{list(inputs.shape)}")
+    return inputs
 
   def __len__(self) -> int:
     return len(self.arrays[1])
@@ -108,13 +114,13 @@ class ArraySource:
 
   def __reduce__(self):
     # Rebuild through __init__ so copies in grain workers stay read-only.
-    return (ArraySource, (*self.arrays, self.name))
+    return (type(self), (*self.arrays, self.name))
 
   def __repr__(self) -> str:
     # Deterministic (no id()): grain's checkpoints record the source's repr.
     x = self.arrays[0]
-    return (f"ArraySource(name={self.name!r}, n={len(self)}, "
-            f"inputs=uint8{list(x.shape[1:])})")
+    return (f"{type(self).__name__}(name={self.name!r}, n={len(self)}, "
+            f"inputs={x.dtype}{list(x.shape[1:])})")
 
 
 class TfdsSource:

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from jaxdl.data.errors import DataError
+from jaxdl.data.sources import ArraySource
 
 IMDB_ARCHIVE = "aclImdb_v1.tar.gz"
 # file name -> sha256; tests monkeypatch this for their generated archive.
@@ -132,42 +133,20 @@ def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int, *,
   return out
 
 
-class TextArraySource:
+class TextArraySource(ArraySource):
   """Random-access source of padded token ids held as two arrays.
 
-  Same protocol as `jaxdl.data.sources.ArraySource` (grain's data source:
-  `len`, `src[i] -> {'inputs', 'label'}`, `arrays = (inputs, labels)` for
-  bulk access), but for int32 [N, maxlen] token ids instead of uint8 images.
-  The arrays are read-only so a batch view cannot corrupt the split.
+  `jaxdl.data.sources.ArraySource` (grain's data source protocol: `len`,
+  `src[i] -> {'inputs', 'label'}`, read-only `arrays = (inputs, labels)` for
+  bulk access) for int32 [N, maxlen] token ids instead of uint8 images.
   """
 
-  def __init__(self, inputs: np.ndarray, labels: np.ndarray, name: str = ""):
+  @staticmethod
+  def _check_inputs(inputs) -> np.ndarray:
     inputs = np.asarray(inputs, np.int32)
-    labels = np.asarray(labels, np.int32)
-    if inputs.ndim != 2 or labels.ndim != 1 or len(inputs) != len(labels):
-      raise ValueError(f"need inputs [N, maxlen] and labels [N], got "
-                       f"{list(inputs.shape)} and {list(labels.shape)}")
-    inputs, labels = inputs.view(), labels.view()
-    inputs.flags.writeable = labels.flags.writeable = False
-    self.arrays = (inputs, labels)
-    self.name = name
-
-  def __len__(self) -> int:
-    return len(self.arrays[1])
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    i = operator.index(index)  # one example; slices are not examples
-    inputs, labels = self.arrays
-    return {"inputs": inputs[i], "label": labels[i]}
-
-  def __reduce__(self):
-    # Rebuild through __init__ so copies in grain workers stay read-only.
-    return (TextArraySource, (*self.arrays, self.name))
-
-  def __repr__(self) -> str:
-    # Deterministic (no id()): grain's checkpoints record the source's repr.
-    return (f"TextArraySource(name={self.name!r}, n={len(self)}, "
-            f"inputs=int32{list(self.arrays[0].shape[1:])})")
+    if inputs.ndim != 2:
+      raise ValueError(f"need inputs [N, maxlen], got {list(inputs.shape)}")
+    return inputs
 
 
 def _sha256(path: str) -> str:

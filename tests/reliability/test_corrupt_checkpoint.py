@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import digits_mlp_config
 from jaxdl import checkpoint, parallel
-from jaxdl.configs import base_config
 from jaxdl.train import loop
 
 # One device: the checks here are about files and values, not sharding (and
@@ -24,21 +24,7 @@ ONE = parallel.make_mesh(jax.devices()[:1])
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
-def _config(**kw):
-  c = base_config()
-  c.dataset = "digits"
-  c.model.name = "mlp"
-  c.model.kwargs = {"hidden": (32,)}
-  c.batch_size = 40
-  c.num_epochs = 0
-  c.num_steps = 40
-  c.checkpoint_every = 10
-  c.eval_every = 20
-  c.log_every = 10
-  c.tensorboard = False
-  for k, v in kw.items():
-    c[k] = v
-  return c
+_config = digits_mlp_config
 
 
 @pytest.fixture(scope="module")
