@@ -1,76 +1,126 @@
-"""Train-step throughput of every registered model on synthetic batches.
+"""Train-step throughput of every registered model, optionally against PyTorch.
 
-    python scripts/benchmark.py                 # every model, markdown table
-    python scripts/benchmark.py --models=mlp,cnn --windows=5
-    python scripts/benchmark.py --compare       # + PyTorch CPU (pip install -e .[bench])
+    python scripts/benchmark.py                  # every model, markdown table
+    python scripts/benchmark.py --models=mlp,cnn --windows=7
+    python scripts/benchmark.py --compare        # + PyTorch CPU, eager and torch.compile
+    python scripts/benchmark.py --pipeline       # + MNIST grain pipeline vs device batches
+    python scripts/benchmark.py --experiments    # + first-step compile time per experiment
+    python scripts/benchmark.py --cpu=tuned      # jaxdl.ops.configure_cpu() first
 
-For each model: examples/s (and tokens/s for sequence models) of the compiled,
-donated train step, achieved GFLOP/s (XLA's cost analysis of the compiled
-forward+backward step) as a share of the f32 matmul peak measured in the same
-run, first-step compile time, and the step's temporary memory. Timings are the
-median of several windows after warm-up, with the spread (max-min)/median:
-these machines are shared and noisy, so compare ratios within one run.
+For each model: examples/s (tokens/s for sequence models) of the compiled,
+donated train step (jaxdl.train.engine.Engine, the same step experiments run),
+achieved GFLOP/s as a share of the f32 matmul peak measured in the same run,
+first-step compile time (trace + lower + compile) and the step's memory (XLA's
+buffer assignment: arguments + outputs - donated aliases + temporaries).
+
+FLOPs are counted analytically from the shapes, not measured: every
+dot_general and convolution of the jaxpr of the plain (conv_impl='xla') train
+step, forward + backward + update, 2 FLOPs per multiply-add (about 3x the
+forward's 2 x MACs; a transposed convolution's inserted zeros are not
+counted). Fast-path rows reuse their model's plain count, so GFLOP/s compare
+like with like; XLA's own `cost_analysis` count is shown beside it.
+
+Timing: everything is compiled and warmed up first; then the timed windows
+run interleaved, case by case (A B C ... A B C ...), so that all cases of one
+window see the same load on this shared machine; the matmul peak is one of the
+cases. Each window runs enough steps to last about --window_s seconds; the
+table gives the median step time and the spread (max-min)/median of the
+windows.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import importlib
+import math
+import os
+import resource
 import statistics
 import sys
 import time
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# Flags must be parsed before jax starts its backend (--cpu=tuned).
+# PyTorch's OpenMP threads spin-wait at barriers by default; when the cores are
+# shared with other processes (as on these machines) that makes its steps up to
+# 100x slower (measured: MNIST MLP 164 ms vs 1.2 ms per step with 2 threads
+# under a load of 4.5). Passive waiting is the fair setting for the reference.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))
+sys.path.insert(0, _HERE)
 
-from jaxdl import parallel
-from jaxdl.configs import base_config
-from jaxdl.tasks import build_task
-from jaxdl.train.engine import Engine
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--models", default="",
+                 help="comma-separated names or name prefixes (default: all)")
+  p.add_argument("--windows", type=int, default=5, help="timed windows per case")
+  p.add_argument("--window_s", type=float, default=0.25,
+                 help="seconds per timed window (steps per window are calibrated)")
+  p.add_argument("--compare", action="store_true",
+                 help="also time PyTorch eager and torch.compile (bench extra)")
+  p.add_argument("--no_torch_compile", action="store_true",
+                 help="with --compare: eager PyTorch only")
+  p.add_argument("--pipeline", action="store_true",
+                 help="MNIST through jaxdl's grain pipeline vs device-resident batches")
+  p.add_argument("--mnist_dir", default=os.path.join(
+      os.path.dirname(_HERE), "..", "shared", "data", "mnist"))
+  p.add_argument("--experiments", action="store_true",
+                 help="first-step compile time of every experiments/configs/*.py")
+  p.add_argument("--cpu", default="default", choices=["default", "tuned"],
+                 help="tuned: jaxdl.ops.configure_cpu() before jax starts")
+  p.add_argument("--peak_n", type=int, default=2048, help="matmul size for the peak")
+  return p
 
 
 @dataclasses.dataclass
 class Bench:
-  name: str
+  name: str                       # row label; the first word is the model
   config: Callable[[], Any]
-  batch: Callable[[int, np.random.Generator], dict]
+  batch: Callable[[int, Any], dict]
   batch_size: int
   info: dict
-  tokens: int = 0  # tokens per example (sequence models)
+  tokens: int = 0                 # tokens per example (sequence models)
+  torch_name: str = ""            # scripts/torch_reference.py builder ('' = model)
+
+  @property
+  def model(self) -> str:
+    return self.name.split(" ")[0]
 
 
-def _images(shape, classes=10):
+def _images(shape, classes=10, labels=True):
   def make(n, rng):
-    return {"inputs": rng.random((n,) + shape, dtype=np.float32),
-            "label": rng.integers(0, classes, n).astype(np.int32)}
+    b = {"inputs": rng.random((n,) + shape, dtype="float32")}
+    if labels:
+      b["label"] = rng.integers(0, classes, n).astype("int32")
+    return b
   return make
 
 
-def _tokens(length, vocab, classes=2):
+def _tokens(length, vocab, classes=2, labels=True):
   def make(n, rng):
-    return {"inputs": rng.integers(1, vocab, (n, length)).astype(np.int32),
-            "label": rng.integers(0, classes, n).astype(np.int32)}
+    b = {"inputs": rng.integers(1, vocab, (n, length)).astype("int32")}
+    if labels:
+      b["label"] = rng.integers(0, classes, n).astype("int32")
+    return b
   return make
 
 
-def _classifier(model, loss="softmax_cross_entropy", **kwargs):
+def _config(task="classification", model="mlp", loss="softmax_cross_entropy",
+            sections=None, **kwargs):
   def make():
-    c = base_config()
-    c.model.name = model
-    c.model.kwargs = kwargs
-    c.loss = loss
-    return c
-  return make
-
-
-def _task_config(task, **fields):
-  def make():
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from jaxdl.configs import base_config  # pylint: disable=g-import-not-at-top
     c = base_config()
     c.task = task
-    for k, v in fields.items():
-      c[k] = v
+    c.model.name = model
+    c.model.kwargs = ml_collections.ConfigDict(kwargs)
+    c.loss = loss
+    for k, v in (sections or {}).items():
+      c[k] = ml_collections.ConfigDict(v)
     return c
   return make
 
@@ -78,126 +128,402 @@ def _task_config(task, **fields):
 MNIST = {"num_classes": 10, "input_shape": (28, 28, 1)}
 CIFAR = {"num_classes": 10, "input_shape": (32, 32, 3)}
 IMDB = {"num_classes": 2, "vocab_size": 10000, "maxlen": 100}
+BCE = "sigmoid_binary_cross_entropy"
 
 
 def benches() -> list[Bench]:
-  out = [
-      Bench("mlp", _classifier("mlp"), _images((28, 28, 1)), 128, MNIST),
-      Bench("cnn", _classifier("cnn"), _images((32, 32, 3)), 128, CIFAR),
-      Bench("cnn (conv_impl=fast)", _classifier("cnn", conv_impl="fast"),
-            _images((32, 32, 3)), 128, CIFAR),
-      Bench("resnet", _classifier("resnet"), _images((32, 32, 3)), 128, CIFAR),
-      Bench("lstm_classifier", _classifier("lstm_classifier", "sigmoid_binary_cross_entropy"),
+  """Every registered model at the batch of its experiment (or the issue's)."""
+  img28, img32 = _images((28, 28, 1)), _images((32, 32, 3))
+  return [
+      Bench("mlp", _config(model="mlp"), img28, 128, MNIST),
+      Bench("cnn", _config(model="cnn"), img32, 128, CIFAR),
+      Bench("cnn (conv_impl=fast)", _config(model="cnn", conv_impl="fast"),
+            img32, 128, CIFAR),
+      Bench("resnet", _config(model="resnet"), img32, 128, CIFAR),
+      Bench("resnet (conv_impl=fast)", _config(model="resnet", conv_impl="fast"),
+            img32, 128, CIFAR),
+      Bench("lstm_classifier", _config(model="lstm_classifier", loss=BCE),
             _tokens(100, 10000), 32, IMDB, tokens=100),
+      Bench("lstm_classifier (unroll=4)", _config(model="lstm_classifier", loss=BCE,
+                                                  unroll=4),
+            _tokens(100, 10000), 32, IMDB, tokens=100),
+      Bench("lstm_classifier", _config(model="lstm_classifier", loss=BCE),
+            _tokens(100, 10000), 128, IMDB, tokens=100),
+      Bench("lstm_classifier (unroll=4)", _config(model="lstm_classifier", loss=BCE,
+                                                  unroll=4),
+            _tokens(100, 10000), 128, IMDB, tokens=100),
       Bench("transformer_classifier",
-            _classifier("transformer_classifier", "sigmoid_binary_cross_entropy",
-                        vocab_size=10000), _tokens(128, 10000), 32, IMDB, tokens=128),
+            _config(model="transformer_classifier", loss=BCE, vocab_size=10000),
+            _tokens(128, 10000), 32, IMDB, tokens=128),
+      Bench("transformer_lm", _config("language_model", "transformer_lm",
+                                      vocab_size=10000),
+            _tokens(128, 10000, labels=False), 32, {"vocab_size": 10000},
+            tokens=128),
+      Bench("dcgan", _config("gan", "dcgan_generator"), _images((28, 28, 1), labels=False),
+            64, MNIST),
+      Bench("dcgan (conv_impl=fast)", _config(
+          "gan", "dcgan_generator", sections={"gan": {
+              "generator_kwargs": {"conv_impl": "fast"},
+              "discriminator_kwargs": {"conv_impl": "fast"}}}),
+            _images((28, 28, 1), labels=False), 64, MNIST),
+      Bench("rbm", _config("rbm", "rbm"), _images((28, 28, 1), labels=False), 128, MNIST),
+      Bench("dbn_classifier", _config(model="dbn_classifier"), img28, 64, MNIST),
+      Bench("dense_autoencoder", _config("autoencoder", "dense_autoencoder"),
+            _images((28, 28, 1), labels=False), 128, MNIST),
+      Bench("conv_autoencoder", _config("autoencoder", "conv_autoencoder"),
+            _images((28, 28, 1), labels=False), 128, MNIST),
+      Bench("vae", _config("vae", "vae"), _images((28, 28, 1), labels=False), 128, MNIST),
   ]
-  return out
 
 
-def measure_matmul_peak(n: int = 2048, windows: int = 5) -> float:
-  """f32 GFLOP/s of a large jitted matmul on this machine, now."""
-  a = jnp.ones((n, n), jnp.float32)
+# --- FLOP counting ---------------------------------------------------------
+
+
+def _prod(xs) -> int:
+  return int(math.prod(int(x) for x in xs))
+
+
+def jaxpr_flops(jaxpr) -> float:
+  """2 x multiply-adds of every dot_general / convolution in a (closed) jaxpr.
+
+  Recurses into sub-jaxprs (jit, custom_vjp/jvp, remat, scan x length, the
+  largest cond branch). A convolution with input dilation (a transposed conv
+  or a strided conv's dX) counts only the taps that hit real input elements.
+  """
+  from jax.extend import core  # pylint: disable=g-import-not-at-top
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (lc, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * _prod(eqn.outvars[0].aval.shape) * _prod(lhs[d] for d in lc)
+      continue
+    if name == "conv_general_dilated":
+      dn = eqn.params["dimension_numbers"]
+      rhs = eqn.invars[1].aval.shape
+      k_sp = _prod(rhs[d] for d in dn.rhs_spec[2:])
+      cin = rhs[dn.rhs_spec[1]]
+      macs = _prod(eqn.outvars[0].aval.shape) * k_sp * cin
+      macs /= _prod(eqn.params.get("lhs_dilation") or (1,))
+      total += 2.0 * macs / max(1, eqn.params.get("batch_group_count", 1))
+      continue
+    mult = float(eqn.params.get("length", 1)) if name == "scan" else 1.0
+    subs = []
+    for v in eqn.params.values():
+      for item in (v if isinstance(v, (tuple, list)) else (v,)):
+        if isinstance(item, (core.Jaxpr, core.ClosedJaxpr)):
+          subs.append(jaxpr_flops(item))
+    if subs:
+      total += mult * (max(subs) if name == "cond" else sum(subs))
+  return total
+
+
+# --- measurement -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Case:
+  """One timed thing: `run(k)` runs k steps and waits for them."""
+  label: str
+  run: Callable[[int], None]
+  steps: int = 1
+  times: list = dataclasses.field(default_factory=list)
+
+  def calibrate(self, window_s: float) -> None:
+    self.run(1)
+    t = time.perf_counter()
+    self.run(2)
+    per = (time.perf_counter() - t) / 2
+    self.steps = max(1, min(1000, int(window_s / max(per, 1e-6))))
+
+  def window(self) -> None:
+    t = time.perf_counter()
+    self.run(self.steps)
+    self.times.append((time.perf_counter() - t) / self.steps)
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.times)
+
+  @property
+  def spread(self) -> float:
+    return (max(self.times) - min(self.times)) / self.median
+
+
+def peak_case(n: int) -> Case:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
-  times = []
-  for _ in range(windows):
-    t = time.perf_counter()
-    for _ in range(3):
+
+  def run(k):
+    for _ in range(k):
       r = f(a)
     r.block_until_ready()
-    times.append((time.perf_counter() - t) / 3)
-  return 2 * n**3 / statistics.median(times) / 1e9
+
+  return Case("matmul", run)
 
 
-def run_bench(b: Bench, windows: int, steps: int, mesh) -> dict:
+def jax_case(b: Bench, mesh) -> tuple[Case, dict]:
+  """Builds, compiles and warms up one model's train step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxdl import parallel  # pylint: disable=g-import-not-at-top
+  from jaxdl.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.engine import Engine  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  config = b.config()
-  task = build_task(config, b.info, 1000)
+  task = build_task(b.config(), b.info, 1000)
   host_batch = b.batch(b.batch_size, rng)
   engine = Engine(task, mesh, host_batch)
   state = engine.init_state(0)
   batch = parallel.global_batch(host_batch, mesh)
+  jax.block_until_ready(state)
   t0 = time.perf_counter()
-  compiled = engine.train_step.lower(state, batch).compile()
+  lowered = engine.train_step.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float((cost or {}).get("flops", 0.0))
   mem = compiled.memory_analysis()
-  temp_mb = getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem is not None else 0.0
-  for _ in range(3):  # warm-up
-    state, m = compiled(state, batch)
-  jax.block_until_ready(m)
-  per_step = []
-  for _ in range(windows):
-    t = time.perf_counter()
-    for _ in range(steps):
-      state, m = compiled(state, batch)
+  mem_mb = 0.0
+  if mem is not None:
+    mem_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+              - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**20
+  flops = None
+  if "(" not in b.name:  # fast-path rows reuse the plain model's count
+    flops = jaxpr_flops(jax.make_jaxpr(engine.train_step)(state, batch))
+  holder = {"state": state}
+
+  def run(k):
+    s = holder["state"]
+    for _ in range(k):
+      s, m = compiled(s, batch)
     jax.block_until_ready(m)
-    per_step.append((time.perf_counter() - t) / steps)
-  med = statistics.median(per_step)
-  return {"model": b.name, "batch": b.batch_size,
-          "examples_s": b.batch_size / med,
-          "tokens_s": b.batch_size * b.tokens / med if b.tokens else None,
-          "gflops": flops / med / 1e9, "step_ms": med * 1e3,
-          "spread": (max(per_step) - min(per_step)) / med,
-          "compile_s": compile_s, "temp_mb": temp_mb}
+    holder["state"] = s
+
+  info = {"compile_s": compile_s, "mem_mb": mem_mb, "flops": flops,
+          "xla_flops": float((cost or {}).get("flops", 0.0))}
+  return Case(b.name, run), info
 
 
-def _fmt(v):
-  return "" if v is None else f"{v:,.0f}"
+def torch_case(b: Bench, compiled: bool) -> Case | None:
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  step = torch_reference.build(b.torch_name or b.model, b.batch_size, compiled)
+  if step is None:
+    return None
+  t0 = time.perf_counter()
+  step()  # torch.compile compiles here
+  first_s = time.perf_counter() - t0
+
+  def run(k):
+    for _ in range(k):
+      step()
+
+  c = Case(f"{b.name} torch{' compile' if compiled else ''}", run)
+  c.first_s = first_s
+  return c
+
+
+def matches(b: Bench, wanted: list[str]) -> bool:
+  return not wanted or any(b.name == w or b.model == w or b.model.startswith(w)
+                           for w in wanted)
+
+
+# --- input pipeline and experiments ----------------------------------------
+
+
+def pipeline_cases(mesh, mnist_dir: str, batch_size: int = 128):
+  """(device-resident, end-to-end) cases: MNIST MLP, real data, grain pipeline."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxdl import parallel  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from jaxdl.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.engine import Engine  # pylint: disable=g-import-not-at-top
+  train, _, info = sources.load_image_dataset("mnist", mnist_dir)
+  task = build_task(_config(model="mlp")(), info, 10**6)
+  it = pipeline.train_iterator(train, global_batch_size=batch_size, seed=0,
+                               num_batches=10**6)
+  first = next(it)
+  engine = Engine(task, mesh, first)
+  state = {"s": engine.init_state(0)}
+  resident = [parallel.global_batch(next(it), mesh) for _ in range(16)]
+  compiled = engine.train_step.lower(state["s"], resident[0]).compile()
+
+  def on_device(k):
+    s = state["s"]
+    for i in range(k):
+      s, m = compiled(s, resident[i % len(resident)])
+    jax.block_until_ready(m)
+    state["s"] = s
+
+  def end_to_end(k):
+    s = state["s"]
+    for _ in range(k):
+      s, m = compiled(s, parallel.global_batch(next(it), mesh))
+    jax.block_until_ready(m)
+    state["s"] = s
+
+  return Case("mnist mlp, device-resident batches", on_device), Case(
+      "mnist mlp, grain pipeline end to end", end_to_end)
+
+
+EXPERIMENT_DATA = {
+    "mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10), "digits": ((8, 8, 1), 10),
+}
+
+
+def experiment_compile_times(mesh) -> list[tuple[str, float, float]]:
+  """(experiment, train-step compile s, eval-step compile s) at full size."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxdl import parallel  # pylint: disable=g-import-not-at-top
+  from jaxdl.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.engine import Engine  # pylint: disable=g-import-not-at-top
+  out = []
+  root = os.path.dirname(_HERE)
+  for path in sorted(glob.glob(os.path.join(root, "experiments", "configs", "*.py"))):
+    name = os.path.basename(path)[:-3]
+    if name.startswith("_"):
+      continue
+    config = importlib.import_module(f"experiments.configs.{name}").get_config()
+    rng = np.random.default_rng(0)
+    n = config.batch_size
+    if config.dataset == "imdb":
+      info = {"num_classes": 2, "vocab_size": config.num_words, "maxlen": config.maxlen}
+      batch = _tokens(config.maxlen, config.num_words)(n, rng)
+    else:
+      shape, classes = EXPERIMENT_DATA[config.dataset]
+      info = {"num_classes": classes, "input_shape": shape}
+      batch = _images(shape, classes)(n, rng)
+    task = build_task(config, info, 1000)
+    engine = Engine(task, mesh, batch)
+    state = engine.init_state(0)
+    gbatch = parallel.global_batch(batch, mesh)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    engine.train_step.lower(state, gbatch).compile()
+    t_train = time.perf_counter() - t0
+    ebatch = dict(batch, mask=np.ones((n,), np.float32))
+    t0 = time.perf_counter()
+    engine.eval_step.lower(state, parallel.global_batch(ebatch, mesh), None).compile()
+    out.append((name, t_train, time.perf_counter() - t0))
+  return out
+
+
+# --- main ------------------------------------------------------------------
+
+
+def _fmt(v, spec=",.0f"):
+  return "" if v is None else format(v, spec)
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--models", default="", help="comma-separated names (default: all)")
-  p.add_argument("--windows", type=int, default=5)
-  p.add_argument("--steps", type=int, default=10, help="steps per timed window")
-  p.add_argument("--compare", action="store_true", help="also time PyTorch (bench extra)")
-  args = p.parse_args(argv)
+  args = _parser().parse_args(argv)
+  if args.cpu == "tuned":
+    from jaxdl import ops  # pylint: disable=g-import-not-at-top
+    ops.configure_cpu()
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxdl import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(jax.devices()[:1])
-  chosen = [b for b in benches()
-            if not args.models or b.name.split(" ")[0] in args.models.split(",")
-            or b.name in args.models.split(",")]
-  if not chosen:
+  wanted = [w for w in args.models.split(",") if w]
+  chosen = [b for b in benches() if matches(b, wanted)]
+  if not chosen and not (args.pipeline or args.experiments):
     print(f"error: no model matches --models={args.models}; choose from "
-          f"{[b.name for b in benches()]}", file=sys.stderr)
+          f"{sorted({b.model for b in benches()})}", file=sys.stderr)
     return 2
-  peak = measure_matmul_peak()
-  print(f"device: {jax.devices()[0].device_kind} x1 | f32 matmul peak {peak:.0f} GFLOP/s "
-        f"| jax {jax.__version__}\n")
+
+  peak = peak_case(args.peak_n)
+  cases = [peak]
   rows = []
-  torch_rows = {}
+  flops_of: dict[str, float] = {}
+  for b in chosen:
+    case, info = jax_case(b, mesh)
+    if info["flops"] is not None:
+      flops_of[b.model] = info["flops"]
+    row = dict(bench=b, case=case, torch={}, **info)
+    cases.append(case)
+    if args.compare:
+      for compiled in ((False,) if args.no_torch_compile else (False, True)):
+        tc = torch_case(b, compiled)
+        if tc is not None:
+          row["torch"]["compile" if compiled else "eager"] = tc
+          cases.append(tc)
+    rows.append(row)
+    print(f"  built {b.name} (batch {b.batch_size}): compile {info['compile_s']:.2f} s",
+          file=sys.stderr, flush=True)
+  pipe = None
+  if args.pipeline:
+    pipe = pipeline_cases(mesh, args.mnist_dir)
+    cases.extend(pipe)
+
+  for c in cases:
+    c.calibrate(args.window_s)
+  for w in range(args.windows):
+    for c in cases:
+      c.window()
+    print(f"  window {w + 1}/{args.windows} done", file=sys.stderr, flush=True)
+
+  peak_gflops = 2 * args.peak_n**3 / peak.median / 1e9
+  print(f"device: {jax.devices()[0].device_kind} x1, {os.cpu_count()} CPUs | "
+        f"f32 matmul peak {peak_gflops:.0f} GFLOP/s (spread {100 * peak.spread:.0f}%) | "
+        f"jax {jax.__version__} | --cpu={args.cpu} | {args.windows} windows of "
+        f"~{args.window_s} s, interleaved")
   if args.compare:
     import torch_reference  # pylint: disable=g-import-not-at-top
-  for b in chosen:
-    r = run_bench(b, args.windows, args.steps, mesh)
-    rows.append(r)
-    if args.compare:
-      torch_rows[b.name] = torch_reference.measure(b.name.split(" ")[0], b.batch_size,
-                                                   args.windows, args.steps)
-    print(f"  measured {b.name}: {r['examples_s']:,.0f} examples/s", file=sys.stderr)
-  head = ("| model | batch | examples/s | tokens/s | GFLOP/s | % of peak | step ms "
-          "(spread) | compile s | temp MiB |")
+    print(f"reference: {torch_reference.version()}")
+  print()
+  head = ("| model | batch | examples/s | tokens/s | step ms (spread) | GFLOP/s | "
+          "% of peak | XLA GFLOP/s | compile s | memory MiB |")
   if args.compare:
-    head += " torch eager ex/s | torch.compile ex/s | jaxdl / best torch |"
+    head += (" torch eager ex/s | torch.compile ex/s | vs eager | vs compile |"
+             " vs best torch |")
   print(head)
   print("|" + "---|" * (head.count("|") - 1))
   for r in rows:
-    line = (f"| {r['model']} | {r['batch']} | {r['examples_s']:,.0f} | "
-            f"{_fmt(r['tokens_s'])} | "
-            f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.1f}% | "
-            f"{r['step_ms']:.2f} ({100 * r['spread']:.0f}%) | {r['compile_s']:.2f} | "
-            f"{r['temp_mb']:.1f} |")
+    b, c = r["bench"], r["case"]
+    ex_s = b.batch_size / c.median
+    flops = flops_of.get(b.model, 0.0)
+    gf = flops / c.median / 1e9
+    line = (f"| {b.name} | {b.batch_size} | {ex_s:,.0f} | "
+            f"{_fmt(ex_s * b.tokens if b.tokens else None)} | "
+            f"{1e3 * c.median:.2f} ({100 * c.spread:.0f}%) | {gf:.1f} | "
+            f"{100 * gf / peak_gflops:.1f}% | {r['xla_flops'] / c.median / 1e9:.1f} | "
+            f"{r['compile_s']:.2f} | {r['mem_mb']:.1f} |")
     if args.compare:
-      t = torch_rows.get(r["model"]) or {}
-      eager, comp = t.get("eager"), t.get("compiled")
-      best = max([v for v in (eager, comp) if v] or [0])
-      line += (f" {eager or 0:,.0f} | {comp or 0:,.0f} | "
-               f"{(r['examples_s'] / best) if best else float('nan'):.2f}x |")
+      te, tc = r["torch"].get("eager"), r["torch"].get("compile")
+      te_s = b.batch_size / te.median if te else None
+      tc_s = b.batch_size / tc.median if tc else None
+      best = max([v for v in (te_s, tc_s) if v] or [float("nan")])
+      ratio = lambda t: "" if not t else f"{ex_s / t:.2f}x"  # noqa: E731
+      spreads = "/".join(f"{100 * t.spread:.0f}%" for t in (te, tc) if t)
+      line += (f" {_fmt(te_s)} | {_fmt(tc_s)} | {ratio(te_s)} | {ratio(tc_s)} | "
+               f"{ex_s / best:.2f}x |")
+      r["torch_spreads"] = spreads
     print(line)
+  if args.compare:
+    print("\ntorch spreads (eager/compile) and torch.compile first-step seconds: " + "; ".join(
+        f"{r['bench'].name}: {r.get('torch_spreads', '')}, "
+        f"{getattr(r['torch'].get('compile'), 'first_s', 0):.1f} s" for r in rows))
+  if pipe:
+    dev, e2e = pipe
+    print("\n| input pipeline (MNIST, MLP, batch 128) | steps/s | step ms (spread) |")
+    print("|---|---|---|")
+    for c in pipe:
+      print(f"| {c.label} | {1 / c.median:,.0f} | {1e3 * c.median:.2f} "
+            f"({100 * c.spread:.0f}%) |")
+    print(f"\nend to end / device-resident: {dev.median / e2e.median:.3f} "
+          f"(target >= 0.95)")
+  if args.experiments:
+    print("\n| experiment (full config) | train step compile s | eval step compile s |")
+    print("|---|---|---|")
+    for name, t_train, t_eval in experiment_compile_times(mesh):
+      print(f"| {name} | {t_train:.2f} | {t_eval:.2f} |")
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(f"\nprocess peak RSS {rss:,.0f} MiB")
   return 0
 
 

@@ -372,3 +372,55 @@ def test_configure_cpu_appends_flags_once(monkeypatch):
   assert ops.configure_cpu(malloc=False) is True
   flags = os.environ["XLA_FLAGS"].split()
   assert flags == ["--xla_foo=1", *ops.CPU_XLA_FLAGS]
+
+
+# --- layers routed through jaxdl.ops: same parameters, values and gradients --
+
+
+class _TNet(nn.Module):
+  fast: bool
+  transpose_kernel: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    from jaxdl.ops import layers  # pylint: disable=g-import-not-at-top
+    ct = layers.ConvTranspose if self.fast else nn.ConvTranspose
+    x = nn.relu(ct(6, (5, 5), strides=(2, 2), padding="SAME",
+                   transpose_kernel=self.transpose_kernel, precision=HIGHEST)(x))
+    return ct(2, (3, 3), strides=(2, 2), padding="VALID", use_bias=False,
+              precision=HIGHEST)(x)
+
+
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_conv_transpose_layer_same_params_outputs_and_grads(transpose_kernel):
+  x = _randn((2, 7, 6, 3))
+  plain, fast = _TNet(False, transpose_kernel), _TNet(True, transpose_kernel)
+  params = jax.jit(plain.init)(jax.random.key(1), x)["params"]
+  fast_params = jax.jit(fast.init)(jax.random.key(1), x)["params"]
+  # Same names (ConvTranspose_0, ...), shapes and initial values.
+  _assert_close(fast_params, params, rtol=0)
+  assert (jax.tree_util.tree_structure(fast_params)
+          == jax.tree_util.tree_structure(params))
+  _check(lambda p, x: plain.apply({"params": p}, x),
+         lambda p, x: fast.apply({"params": p}, x), params, x)
+
+
+def test_dcgan_fast_equals_xla_in_params_outputs_and_grads():
+  from jaxdl.models import gan  # pylint: disable=g-import-not-at-top
+  z, img = _randn((3, 10)), _randn((3, 12, 12, 1), 1)
+  with jax.default_matmul_precision("highest"):
+    for kind, inp in (("g", z), ("d", img)):
+      # No batch norm: after it the transposed conv's bias has an exact zero
+      # gradient, which both versions only reach to rounding (no rtol applies).
+      make = (lambda impl: gan.Generator((8, 4), (12, 12, 1), batch_norm=False,
+                                         kernel_size=5, conv_impl=impl)) if kind == "g" else (
+          lambda impl: gan.Discriminator((4, 6), conv_impl=impl))
+      plain, fast = make("xla"), make("fast")
+      v = jax.jit(lambda k, x, m=plain: m.init(k, x, train=False))(jax.random.key(0), inp)
+      vf = jax.jit(lambda k, x, m=fast: m.init(k, x, train=False))(jax.random.key(0), inp)
+      _assert_close(vf, v, rtol=0)
+
+      def run(m):
+        return lambda p, x: m.apply({"params": p}, x, train=True)
+
+      _check(run(plain), run(fast), v["params"], inp)

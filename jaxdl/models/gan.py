@@ -6,6 +6,12 @@ stride 2 (k = 5) -> tanh: [B, 28, 28, C] in [-1, 1]. With `batch_norm=True` the 
 statistics live in the 'batch_stats' collection (the task's model_state).
 Discriminator: Conv f0 4x4/2 LeakyReLU -> Conv f1 4x4/2 LeakyReLU -> Dense 1:
 one logit per image, no batch norm (so D(real) and D(fake) do not couple).
+
+`conv_impl='fast'` (both nets) computes the same layers through `jaxdl.ops`:
+transposed convolutions as one GEMM + col2im (no multiplications by the
+zeros XLA inserts between input pixels) and convolutions as im2col + GEMM,
+both with matrix-product gradients. Parameters, their names and the outputs
+are those of 'xla' (flax's layers); only the lowering changes.
 """
 
 from __future__ import annotations
@@ -15,7 +21,21 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdl.configs import ConfigError
 from jaxdl.models.base import Model, from_flax
+
+
+def _layers(conv_impl: str):
+  """(Conv, ConvTranspose) classes for the chosen lowering."""
+  if conv_impl == "xla":
+    return nn.Conv, nn.ConvTranspose
+  if conv_impl == "fast":
+    import functools  # pylint: disable=g-import-not-at-top
+    from jaxdl.ops import conv as fast_conv, layers  # pylint: disable=g-import-not-at-top
+    return (functools.partial(nn.Conv, conv_general_dilated=fast_conv.conv_general_dilated),
+            layers.ConvTranspose)
+  raise ConfigError(f"unknown conv_impl {conv_impl!r}: choose 'xla' or 'fast' "
+                    "(--config.gan.generator_kwargs.conv_impl=...)")
 
 
 class Generator(nn.Module):
@@ -23,9 +43,11 @@ class Generator(nn.Module):
   output_shape: Sequence[int] = (28, 28, 1)
   batch_norm: bool = True
   kernel_size: int = 5
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, z, *, train: bool):
+    _, conv_transpose = _layers(self.conv_impl)
     h, w, c = self.output_shape
     if h % 4 or w % 4:
       raise ValueError(f"output_shape {tuple(self.output_shape)}: height and width "
@@ -37,41 +59,45 @@ class Generator(nn.Module):
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
     x = nn.relu(x)
     k = (self.kernel_size, self.kernel_size)
-    x = nn.ConvTranspose(f1, k, strides=(2, 2), padding="SAME")(x)
+    x = conv_transpose(f1, k, strides=(2, 2), padding="SAME")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
     x = nn.relu(x)
-    x = nn.ConvTranspose(c, k, strides=(2, 2), padding="SAME")(x)
+    x = conv_transpose(c, k, strides=(2, 2), padding="SAME")(x)
     return jnp.tanh(x)
 
 
 class Discriminator(nn.Module):
   features: Sequence[int] = (64, 128)
   negative_slope: float = 0.2
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     del train
+    conv, _ = _layers(self.conv_impl)
     for f in self.features:
-      x = nn.Conv(f, (4, 4), strides=(2, 2), padding="SAME")(x)
+      x = conv(f, (4, 4), strides=(2, 2), padding="SAME")(x)
       x = nn.leaky_relu(x, self.negative_slope)
     x = x.reshape((x.shape[0], -1))
     return nn.Dense(1)(x)[:, 0]
 
 
 def make_generator(features=(128, 64), output_shape=(28, 28, 1), batch_norm=True,
-                   kernel_size=5) -> Model:
+                   kernel_size=5, conv_impl="xla") -> Model:
   """Example input for init: z of shape [B, latent_dim] (latent_dim 100 by default).
 
   The transposed convolutions dominate a CPU step (about 6x the discriminator's
   cost at the default widths); `features=(64, 32), kernel_size=4` is ~5x cheaper.
   """
-  return from_flax(Generator(tuple(features), tuple(output_shape), batch_norm, kernel_size),
+  return from_flax(Generator(tuple(features), tuple(output_shape), batch_norm,
+                             kernel_size, conv_impl),
                    name="dcgan_generator")
 
 
-def make_discriminator(features=(64, 128), negative_slope=0.2) -> Model:
-  return from_flax(Discriminator(tuple(features), negative_slope),
+def make_discriminator(features=(64, 128), negative_slope=0.2,
+                       conv_impl="xla") -> Model:
+  return from_flax(Discriminator(tuple(features), negative_slope, conv_impl),
                    name="dcgan_discriminator")
 
 

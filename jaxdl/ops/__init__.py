@@ -29,9 +29,11 @@ import ctypes.util
 import os
 
 from jaxdl.ops.conv import conv_general_dilated, conv_transpose
+from jaxdl.ops.layers import ConvTranspose
 from jaxdl.ops.pool import avg_pool, max_pool
 
-__all__ = ["conv_general_dilated", "conv_transpose", "max_pool", "avg_pool",
+__all__ = ["conv_general_dilated", "conv_transpose", "ConvTranspose",
+           "max_pool", "avg_pool",
            "tune_malloc", "configure_cpu", "CPU_XLA_FLAGS"]
 
 # XLA:CPU (jax 0.10) routes convolutions to YNNPACK fusions by default; those

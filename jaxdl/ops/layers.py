@@ -1,0 +1,55 @@
+"""Linen layers that route flax's layers through `jaxdl.ops`, same parameters.
+
+`flax.linen.Conv` takes a `conv_general_dilated` hook, so a fast conv is just
+`functools.partial(nn.Conv, conv_general_dilated=ops.conv_general_dilated)`.
+`flax.linen.ConvTranspose` has no such hook (it calls `lax.conv_transpose`
+directly), so `ConvTranspose` here subclasses it and swaps only that call.
+The class keeps the name `ConvTranspose`, so flax's automatic module names
+(`ConvTranspose_0`, ...) and therefore the parameter trees are unchanged:
+a model can switch between the two without touching its checkpoints.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxdl.ops.conv import conv_transpose
+
+__all__ = ["ConvTranspose"]
+
+
+class ConvTranspose(nn.ConvTranspose):  # pylint: disable=missing-class-docstring
+  __doc__ = ("`flax.linen.ConvTranspose` computed by `jaxdl.ops.conv_transpose` "
+             "(GEMM + col2im) when the call is a plain one (one batch axis, no mask, "
+             "'SAME'/'VALID'/explicit padding); otherwise flax's own code.")
+
+  @nn.compact
+  def __call__(self, inputs):
+    ks = ((self.kernel_size,) if isinstance(self.kernel_size, int)
+          else tuple(self.kernel_size))
+    nsp = len(ks)
+    plain = (inputs.ndim == nsp + 2 and self.mask is None
+             and self.padding != "CIRCULAR" and self.preferred_element_type is None)
+    if not plain:
+      return super().__call__(inputs)
+
+    def bcast(x):
+      x = 1 if x is None else x
+      return (x,) * nsp if isinstance(x, int) else tuple(x)
+
+    cin = inputs.shape[-1]
+    kshape = ks + ((self.features, cin) if self.transpose_kernel
+                   else (cin, self.features))
+    kernel = self.param("kernel", self.kernel_init, kshape, self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    padding = nn.linear.canonicalize_padding(self.padding, nsp)
+    y = conv_transpose(inputs, kernel, bcast(self.strides), padding,
+                       rhs_dilation=bcast(self.kernel_dilation),
+                       transpose_kernel=self.transpose_kernel,
+                       precision=self.precision)
+    if bias is not None:
+      y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return y
