@@ -142,16 +142,14 @@ def benches() -> list[Bench]:
       Bench("resnet", _config(model="resnet"), img32, 128, CIFAR),
       Bench("resnet (conv_impl=fast)", _config(model="resnet", conv_impl="fast"),
             img32, 128, CIFAR),
-      Bench("lstm_classifier", _config(model="lstm_classifier", loss=BCE),
-            _tokens(100, 10000), 32, IMDB, tokens=100),
-      Bench("lstm_classifier (unroll=4)", _config(model="lstm_classifier", loss=BCE,
-                                                  unroll=4),
-            _tokens(100, 10000), 32, IMDB, tokens=100),
-      Bench("lstm_classifier", _config(model="lstm_classifier", loss=BCE),
-            _tokens(100, 10000), 128, IMDB, tokens=100),
-      Bench("lstm_classifier (unroll=4)", _config(model="lstm_classifier", loss=BCE,
-                                                  unroll=4),
-            _tokens(100, 10000), 128, IMDB, tokens=100),
+  ] + [
+      Bench(f"lstm_classifier{label}", _config(model="lstm_classifier", loss=BCE, **kw),
+            _tokens(100, 10000), batch, IMDB, tokens=100)
+      for batch in (32, 128)
+      for label, kw in (("", {}), (" (scan_impl=fused)", {"scan_impl": "fused"}),
+                        (" (scan_impl=fused, unroll=2)",
+                         {"scan_impl": "fused", "unroll": 2}))
+  ] + [
       Bench("transformer_classifier",
             _config(model="transformer_classifier", loss=BCE, vocab_size=10000),
             _tokens(128, 10000), 32, IMDB, tokens=128),
@@ -443,7 +441,7 @@ def main(argv=None) -> int:
   for b in chosen:
     case, info = jax_case(b, mesh)
     if info["flops"] is not None:
-      flops_of[b.model] = info["flops"]
+      flops_of[(b.model, b.batch_size)] = info["flops"]
     row = dict(bench=b, case=case, torch={}, **info)
     cases.append(case)
     if args.compare:
@@ -486,7 +484,7 @@ def main(argv=None) -> int:
   for r in rows:
     b, c = r["bench"], r["case"]
     ex_s = b.batch_size / c.median
-    flops = flops_of.get(b.model, 0.0)
+    flops = flops_of.get((b.model, b.batch_size), 0.0)
     gf = flops / c.median / 1e9
     line = (f"| {b.name} | {b.batch_size} | {ex_s:,.0f} | "
             f"{_fmt(ex_s * b.tokens if b.tokens else None)} | "

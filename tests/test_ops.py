@@ -47,7 +47,9 @@ def _vjp_both(ref, new, *args, seed=1):
   Both in one jit so each case costs a single XLA compile.
   """
   out = jax.eval_shape(ref, *args)
-  g = _randn(out.shape, seed, out.dtype)
+  leaves, tree = jax.tree_util.tree_flatten(out)
+  g = jax.tree_util.tree_unflatten(
+      tree, [_randn(o.shape, seed + i, o.dtype) for i, o in enumerate(leaves)])
 
   def both(g, *args):
     res = []
@@ -424,3 +426,40 @@ def test_dcgan_fast_equals_xla_in_params_outputs_and_grads():
         return lambda p, x: m.apply({"params": p}, x, train=True)
 
       _check(run(plain), run(fast), v["params"], inp)
+
+
+# --- LSTM scan with the hand-written backward (jaxdl.ops.lstm) --------------
+
+
+@pytest.mark.parametrize("reverse,unroll", [(False, 1), (True, 2)])
+def test_fused_lstm_scan_equals_autodiff_scan(reverse, unroll):
+  from jaxdl.models.lstm import lstm_scan  # pylint: disable=g-import-not-at-top
+  b, t, h = 3, 6, 5
+  w = _randn((h, 4 * h), 0) * 0.5
+  xs = _randn((b, t, 4 * h), 1)
+  c0, h0 = _randn((b, h), 2), _randn((b, h), 3)
+  lengths = jnp.array([6, 2, 0])  # full, padded, empty rows
+
+  def run(impl):
+    def f(w, xs, c0, h0):
+      return lstm_scan(w, xs, lengths, (c0, h0), unroll=unroll,
+                       reverse=reverse, impl=impl)
+    return f
+
+  with jax.default_matmul_precision("highest"):
+    _check(run("autodiff"), run("fused"), w, xs, c0, h0)
+
+
+def test_lstm_classifier_fused_same_params_outputs_and_grads():
+  from jaxdl.models import get_model  # pylint: disable=g-import-not-at-top
+  tokens = jnp.asarray(np.random.default_rng(0).integers(1, 50, (4, 9)), jnp.int32)
+  tokens = tokens.at[1, 5:].set(0)  # post-padding
+  kw = dict(vocab_size=50, embed_dim=6, hidden_size=7, bidirectional=True,
+            num_layers=2)
+  plain = get_model("lstm_classifier", **kw)
+  fast = get_model("lstm_classifier", scan_impl="fused", **kw)
+  params = jax.jit(plain.init)(jax.random.key(0), tokens)["params"]
+  _assert_close(jax.jit(fast.init)(jax.random.key(0), tokens)["params"], params, 0)
+  with jax.default_matmul_precision("highest"):
+    _check(lambda p: plain.module.apply({"params": p}, tokens),
+           lambda p: fast.module.apply({"params": p}, tokens), params)

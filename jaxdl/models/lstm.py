@@ -18,6 +18,11 @@ the output at padded positions is zero. The reverse direction runs the same
 masked scan backwards in time: padded steps at the end come first and are
 skipped, so each row is read backwards from its own last real token.
 
+`scan_impl='fused'` runs the same scan with a hand-written backward pass
+(`jaxdl.ops.lstm`: the recurrent kernel's gradient as one matrix product
+after the reverse loop instead of one small product per step); parameters and
+results are those of the default `'autodiff'`.
+
 Research code can use `lstm_cell` / `lstm_scan` alone (pure functions of
 arrays); `LSTM` is the linen layer built on them.
 """
@@ -61,7 +66,7 @@ def lstm_cell(w_h: jax.Array, carry: Carry,
 
 def lstm_scan(w_h: jax.Array, xs_proj: jax.Array,
               lengths: jax.Array | None, init_carry: Carry, *,
-              unroll: int = 1, reverse: bool = False
+              unroll: int = 1, reverse: bool = False, impl: str = "autodiff"
               ) -> tuple[Carry, jax.Array]:
   """Runs `lstm_cell` over time with `lax.scan`, masking padded steps.
 
@@ -72,12 +77,20 @@ def lstm_scan(w_h: jax.Array, xs_proj: jax.Array,
     init_carry: (c0, h0), each [B, H].
     unroll: `lax.scan` unroll factor.
     reverse: read each row backwards from its own last real step.
+    impl: 'autodiff' (jax differentiates the scan) or 'fused'
+      (`jaxdl.ops.lstm.lstm_scan_fused`, same values, custom backward).
 
   Returns:
     (final carry (c, h) at each row's last real step processed, outputs
     [B, T, H] with zeros at padded positions). For `reverse=True` the output
     at position t is the state after reading steps len-1 down to t.
   """
+  if impl == "fused":
+    from jaxdl.ops.lstm import lstm_scan_fused  # pylint: disable=g-import-not-at-top
+    return lstm_scan_fused(w_h, xs_proj, lengths, init_carry, unroll=unroll,
+                           reverse=reverse)
+  if impl != "autodiff":
+    raise ValueError(f"lstm scan impl={impl!r}: choose 'autodiff' or 'fused'")
   b, t = xs_proj.shape[:2]
   if lengths is None:
     lengths = jnp.full((b,), t, jnp.int32)
@@ -120,6 +133,7 @@ class LSTMDirection(nn.Module):
   reverse: bool = False
   unroll: int = 1
   forget_bias: float = 1.0
+  scan_impl: str = "autodiff"
 
   @nn.compact
   def __call__(self, x: jax.Array, lengths: jax.Array | None
@@ -134,7 +148,8 @@ class LSTMDirection(nn.Module):
     w_h = w_h.astype(xs_proj.dtype)
     zeros = jnp.zeros((x.shape[0], h), xs_proj.dtype)
     return lstm_scan(w_h, xs_proj, lengths, (zeros, zeros),
-                     unroll=self.unroll, reverse=self.reverse)
+                     unroll=self.unroll, reverse=self.reverse,
+                     impl=self.scan_impl)
 
 
 class LSTM(nn.Module):
@@ -149,6 +164,7 @@ class LSTM(nn.Module):
       instead of the final state h [B, H*dirs] of the top layer (forward:
       state at the last real step; reverse: state after reading step 0).
     unroll: `lax.scan` unroll factor.
+    scan_impl: 'autodiff' or 'fused' (same results; see `lstm_scan`).
   """
 
   hidden_size: int
@@ -157,6 +173,7 @@ class LSTM(nn.Module):
   dropout_rate: float = 0.0
   return_sequences: bool = False
   unroll: int = 1
+  scan_impl: str = "autodiff"
 
   @nn.compact
   def __call__(self, x: jax.Array, lengths: jax.Array | None = None, *,
@@ -166,10 +183,12 @@ class LSTM(nn.Module):
       if layer > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
       (_, h_f), seq = LSTMDirection(self.hidden_size, unroll=self.unroll,
+                                    scan_impl=self.scan_impl,
                                     name=f"layer{layer}_fwd")(x, lengths)
       if self.bidirectional:
         (_, h_b), seq_b = LSTMDirection(self.hidden_size, reverse=True,
                                         unroll=self.unroll,
+                                        scan_impl=self.scan_impl,
                                         name=f"layer{layer}_bwd")(x, lengths)
         seq = jnp.concatenate([seq, seq_b], axis=-1)
         final = jnp.concatenate([h_f, h_b], axis=-1)
@@ -205,6 +224,7 @@ class LSTMClassifier(nn.Module):
   bidirectional: bool = False
   dropout_rate: float = 0.0
   unroll: int = 1
+  scan_impl: str = "autodiff"
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
@@ -216,7 +236,8 @@ class LSTMClassifier(nn.Module):
         x, deterministic=not train)
     h = LSTM(self.hidden_size, num_layers=self.num_layers,
              bidirectional=self.bidirectional, dropout_rate=self.dropout_rate,
-             unroll=self.unroll, name="lstm")(x, lengths, train=train)
+             unroll=self.unroll, scan_impl=self.scan_impl,
+             name="lstm")(x, lengths, train=train)
     return nn.Dense(self.num_outputs, name="head")(h)
 
 
@@ -224,12 +245,13 @@ def lstm_classifier(vocab_size: int = 10000, embed_dim: int = 128,
                     hidden_size: int = 100, num_outputs: int = 1,
                     spatial_dropout: float = 0.4, num_layers: int = 1,
                     bidirectional: bool = False, dropout_rate: float = 0.0,
-                    unroll: int = 1) -> Model:
+                    unroll: int = 1, scan_impl: str = "autodiff") -> Model:
   return from_flax(LSTMClassifier(
       vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
       num_outputs=num_outputs, spatial_dropout=spatial_dropout,
       num_layers=num_layers, bidirectional=bidirectional,
-      dropout_rate=dropout_rate, unroll=unroll), name="lstm_classifier")
+      dropout_rate=dropout_rate, unroll=unroll, scan_impl=scan_impl),
+      name="lstm_classifier")
 
 
 MODELS: dict[str, Callable[..., Model]] = {"lstm_classifier": lstm_classifier}

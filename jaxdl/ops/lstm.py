@@ -1,0 +1,128 @@
+"""A masked LSTM scan with a hand-written backward pass (`jax.custom_vjp`).
+
+Same function as `jaxdl.models.lstm.lstm_scan` (gate order i, f, g, o;
+padded steps keep the carry and output zeros), different backward schedule.
+Autodiff of `lax.scan` accumulates the recurrent kernel's gradient inside the
+reverse loop, one [H, B] x [B, 4H] product and one add per time step, and
+recomputes or re-reads gates through generic transposes. Here the reverse loop
+only does what is truly sequential:
+
+    dz_t  = gate-derivatives(dh_t, dc_t)          elementwise, [B, 4H]
+    dh_{t-1} = dz_t @ W_h^T (+ pass-through of masked steps)
+
+and everything else is one product after the loop:
+
+    dW_h = sum_t h_{t-1}^T dz_t = einsum('tbh,tbg->hg', H_prev, dZ)   one GEMM
+    d xs_proj = dZ                                                    no work
+
+The forward saves the gate derivatives already multiplied out (7H floats per
+row and step, see `_forward`), so each backward step is one elementwise
+fusion, one [B, 4H] x [4H, H] product and one more fusion.
+`tests/test_ops.py` checks values and gradients against autodiff of the plain
+scan; `scripts/benchmark.py` measures it (lstm_classifier (scan_impl=fused)).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["lstm_scan_fused"]
+
+
+def _gates(z):
+  zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+  return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+
+
+def _forward(w_h, xs, valid, c0, h0, unroll, reverse, residuals=True):
+  """Time-major scan; returns ((c, h), outputs, residuals).
+
+  The residuals are what the backward step multiplies by, precomputed here
+  so that it is one elementwise fusion around one matrix product:
+    k  = [g i (1-i), c_prev f (1-f), i (1-g^2), tanh(c) o (1-o)]   [B, 4H]
+         (dz = k * [dc, dc, dc, dh] for the cotangents dc, dh of c', h')
+    j  = o (1 - tanh(c)^2)    (dh's contribution to dc)            [B, H]
+    f                         (dc's contribution to dc_prev)       [B, H]
+    h_prev                    (for dW_h after the loop)            [B, H]
+  """
+  hidden = w_h.shape[0]
+
+  def body(carry, inp):
+    c, h = carry
+    x_t, m_t = inp
+    i, f, g, o = _gates(x_t + h @ w_h)
+    c_new = f * c + i * g
+    tc = jnp.tanh(c_new)
+    h_new = o * tc
+    m = m_t[:, None]
+    out = (jnp.where(m, c_new, c), jnp.where(m, h_new, h))
+    hs = jnp.where(m, h_new, jnp.zeros_like(h_new))
+    if not residuals:
+      return out, (hs, ())
+    k = jnp.stack([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g),
+                   tc * o * (1 - o)], axis=1).reshape(-1, 4 * hidden)
+    return out, (hs, (k, o * (1 - tc * tc), f, h))
+
+  carry, (hs, res) = jax.lax.scan(body, (c0, h0), (xs, valid), unroll=unroll,
+                                  reverse=reverse)
+  return carry, hs, res
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _scan(w_h, xs, valid, c0, h0, unroll, reverse):
+  carry, hs, _ = _forward(w_h, xs, valid, c0, h0, unroll, reverse,
+                          residuals=False)
+  return carry, hs
+
+
+def _scan_fwd(w_h, xs, valid, c0, h0, unroll, reverse):
+  carry, hs, res = _forward(w_h, xs, valid, c0, h0, unroll, reverse)
+  return (carry, hs), (w_h, valid, res)
+
+
+def _scan_bwd(unroll, reverse, saved, cts):
+  w_h, valid, (ks, js, fs, h_prev) = saved
+  (dc_t, dh_t), d_hs = cts
+  w_ht = w_h.T
+  hidden = w_h.shape[0]
+  # Selects dc for the i, f, g blocks of dz and dh for the o block.
+  is_o = (jnp.arange(4) == 3)[None, :, None]
+
+  def body(carry, inp):
+    dc, dh = carry
+    k, j, f, m_t, dout = inp
+    m = m_t[:, None]
+    zero = jnp.zeros_like(dh)
+    dh_new = jnp.where(m, dh + dout, zero)
+    dc_new = jnp.where(m, dc, zero) + dh_new * j
+    up = jnp.where(is_o, dh_new[:, None, :], dc_new[:, None, :])   # [B, 4, H]
+    dz = k * up.reshape(-1, 4 * hidden)
+    dh_prev = dz @ w_ht + jnp.where(m, zero, dh)
+    dc_prev = dc_new * f + jnp.where(m, zero, dc)
+    return (dc_prev, dh_prev), dz
+
+  (dc0, dh0), dzs = jax.lax.scan(body, (dc_t, dh_t), (ks, js, fs, valid, d_hs),
+                                 unroll=unroll, reverse=not reverse)
+  dw_h = jnp.einsum("tbh,tbg->hg", h_prev, dzs)
+  return dw_h.astype(w_h.dtype), dzs, None, dc0, dh0
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def lstm_scan_fused(w_h, xs_proj, lengths, init_carry, *, unroll: int = 1,
+                    reverse: bool = False):
+  """`jaxdl.models.lstm.lstm_scan` (same arguments and results), custom VJP."""
+  b, t = xs_proj.shape[:2]
+  if lengths is None:
+    lengths = jnp.full((b,), t, jnp.int32)
+  valid = jnp.arange(t, dtype=jnp.int32)[:, None] < lengths[None, :].astype(jnp.int32)
+  xs = jnp.swapaxes(xs_proj, 0, 1)
+  c0, h0 = init_carry
+  w_h = w_h.astype(xs.dtype)
+  carry, hs = _scan(w_h, xs, valid, c0.astype(xs.dtype), h0.astype(xs.dtype),
+                    int(unroll), bool(reverse))
+  return carry, jnp.swapaxes(hs, 0, 1)
