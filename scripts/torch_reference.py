@@ -29,6 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+# Every model's step reuses the same few functions (`loss_fn`, ...) with new
+# shapes and modules; dynamo's default limit of 8 recompiles per code object
+# would silently fall back to eager after the eighth model.
+torch._dynamo.config.recompile_limit = 256  # pylint: disable=protected-access
+if hasattr(torch._dynamo.config, "accumulated_recompile_limit"):  # pylint: disable=protected-access
+  torch._dynamo.config.accumulated_recompile_limit = 4096  # pylint: disable=protected-access
 
 StepFn = Callable[[], torch.Tensor]
 
@@ -270,7 +276,9 @@ class VAE(nn.Module):
 
 
 def _maybe_compile(fn, compiled: bool):
-  return torch.compile(fn) if compiled else fn
+  # Static shapes: every model reuses the same step code with other shapes,
+  # which would otherwise make dynamo switch to (slower, fragile) dynamic ones.
+  return torch.compile(fn, dynamic=False) if compiled else fn
 
 
 def _supervised(model, x, loss_of, compiled, lr=1e-3):

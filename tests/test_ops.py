@@ -23,6 +23,12 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 RTOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _im2col_for_every_conv(monkeypatch):
+  """Test the im2col path on every supported conv, whatever the speed policy."""
+  monkeypatch.setattr(conv_mod, "IM2COL_MAX_CHANNELS", None)
+
+
 def _rel_err(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   assert a.shape == b.shape, (a.shape, b.shape)
@@ -463,3 +469,32 @@ def test_lstm_classifier_fused_same_params_outputs_and_grads():
   with jax.default_matmul_precision("highest"):
     _check(lambda p: plain.module.apply({"params": p}, tokens),
            lambda p: fast.module.apply({"params": p}, tokens), params)
+
+
+def test_im2col_channel_policy(monkeypatch):
+  """'auto': lax for every conv under Eigen convolutions, im2col up to 8
+  input channels under YNNPACK; the result is the same either way."""
+  monkeypatch.setattr(conv_mod, "IM2COL_MAX_CHANNELS", "auto")
+  flag = ops.CPU_XLA_FLAGS[0]
+  monkeypatch.setenv("XLA_FLAGS", flag)
+  assert conv_mod.eigen_convolutions() and conv_mod._max_channels() == 0
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert not conv_mod.eigen_convolutions() and conv_mod._max_channels() == 8
+  x, w = _randn((2, 6, 6, 9)), _randn((3, 3, 9, 4), 1)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: ops.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=NHWC))(x, w))
+  assert "conv_general_dilated" in jaxpr and "custom_vjp" not in jaxpr
+
+
+def test_col2im_by_phase_equals_padded_adds(monkeypatch):
+  """The strided col2im by output phase equals the K interior-padded adds."""
+  x, w = _randn((2, 7, 6, 5)), _randn((4, 4, 5, 3), 1)
+  f = lambda x, w: ops.conv_transpose(x, w, (2, 2), "SAME",  # noqa: E731
+                                      precision=HIGHEST)
+  monkeypatch.setattr(conv_mod, "COL2IM_PHASES", False)
+  conv_mod._conv_transpose_fn.cache_clear()
+  want = _vjp_both(f, f, x, w)[0]
+  monkeypatch.setattr(conv_mod, "COL2IM_PHASES", True)
+  conv_mod._conv_transpose_fn.cache_clear()
+  got = _vjp_both(f, f, x, w)[0]
+  _assert_close(got, want)

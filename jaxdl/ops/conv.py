@@ -63,6 +63,31 @@ SAVE_PATCHES = True
 # (axiswise below AXISWISE_MAX_CHANNELS input channels).
 IM2COL_IMPL = "auto"
 AXISWISE_MAX_CHANNELS = 8
+# Strided col2im (a transposed conv's output, a strided conv's dX) by output
+# phase: the taps whose offsets agree modulo the stride land on one sub-grid,
+# so they are summed there at input resolution and the s**ndim sub-grids are
+# interleaved once, instead of K adds of interior-padded full-size arrays.
+COL2IM_PHASES = True
+# Input channels above which `conv_general_dilated` hands a (supported) conv to
+# `lax.conv_general_dilated` anyway; None = im2col for every supported conv;
+# 'auto' = measured best on XLA:CPU (scripts/benchmark.py, CIFAR CNN step):
+# with XLA's Eigen convolutions (`jaxdl.ops.configure_cpu()`) lax for every
+# conv (0); with jax's default single-threaded YNNPACK convolutions im2col
+# only for thin inputs (<= 8 channels, e.g. RGB), where it wins most.
+IM2COL_MAX_CHANNELS = "auto"
+
+
+def eigen_convolutions() -> bool:
+  """Whether XLA_FLAGS routes convolutions away from YNNPACK (see configure_cpu)."""
+  import os  # pylint: disable=g-import-not-at-top
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  return "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in flags
+
+
+def _max_channels():
+  if IM2COL_MAX_CHANNELS == "auto":
+    return 0 if eigen_convolutions() else 8
+  return IM2COL_MAX_CHANNELS
 
 
 def _channels_last_dnums(ndim: int) -> lax.ConvDimensionNumbers:
@@ -109,7 +134,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if not is_supported(np.shape(lhs), np.shape(rhs), lhs_dilation=lhs_dilation,
                       dimension_numbers=dimension_numbers,
                       feature_group_count=feature_group_count,
-                      batch_group_count=batch_group_count):
+                      batch_group_count=batch_group_count) or (
+                          _max_channels() is not None
+                          and np.shape(lhs)[-1] > _max_channels()):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -200,6 +227,8 @@ def _im2col_axiswise(xp, kshape, strides, dil, out_sp):
 
 def _col2im(dcols, xp_sp, c, kshape, strides, dil):
   """Adjoint of `_im2col`: (N, *out, K*C) -> (N, *S, C) padded-input grad."""
+  if COL2IM_PHASES and any(s > 1 for s in strides):
+    return _col2im_phases(dcols, xp_sp, c, kshape, strides, dil)
   if _axiswise(c):
     return _col2im_axiswise(dcols, xp_sp, c, kshape, strides, dil)
   out_sp = dcols.shape[1:-1]
@@ -215,6 +244,34 @@ def _col2im(dcols, xp_sp, c, kshape, strides, dil):
     piece = lax.pad(piece, zero, cfg)
     acc = piece if acc is None else acc + piece
   return acc
+
+
+def _col2im_phases(dcols, xp_sp, c, kshape, strides, dil):
+  """`_col2im` for strides > 1, summed per output phase (see COL2IM_PHASES)."""
+  nsp = len(kshape)
+  n = dcols.shape[0]
+  out_sp = dcols.shape[1:-1]
+  lengths = tuple(-(-x // s) for x, s in zip(xp_sp, strides))
+  zero = jnp.array(0, dcols.dtype)
+  acc = {}
+  for idx, offs in enumerate(itertools.product(*[range(k) for k in kshape])):
+    piece = lax.slice_in_dim(dcols, idx * c, (idx + 1) * c, axis=dcols.ndim - 1)
+    phase = tuple((o * d) % s for o, d, s in zip(offs, dil, strides))
+    shift = tuple((o * d) // s for o, d, s in zip(offs, dil, strides))
+    cfg = ([(0, 0, 0)] + [(q, length - m - q, 0) for q, length, m
+                          in zip(shift, lengths, out_sp)] + [(0, 0, 0)])
+    piece = lax.pad(piece, zero, cfg)
+    acc[phase] = piece if phase not in acc else acc[phase] + piece
+  full = jnp.zeros((n,) + lengths + (c,), dcols.dtype)
+  grids = [acc.get(ph, full) for ph in itertools.product(*[range(s) for s in strides])]
+  # (P, N, *L, C) with P = prod(s) in row-major phase order -> (N, *L*s, C).
+  x = jnp.stack(grids, axis=0).reshape(tuple(strides) + (n,) + lengths + (c,))
+  perm = [nsp]
+  for a in range(nsp):
+    perm += [nsp + 1 + a, a]
+  x = jnp.transpose(x, perm + [x.ndim - 1])  # (N, L1, s1, L2, s2, ..., C)
+  x = x.reshape((n,) + tuple(l * s for l, s in zip(lengths, strides)) + (c,))
+  return lax.slice(x, (0,) * x.ndim, (n,) + tuple(xp_sp) + (c,))
 
 
 def _col2im_axiswise(dcols, xp_sp, c, kshape, strides, dil):
