@@ -80,6 +80,7 @@ def _main(argv) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   import jax  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
+  parallel.patient_cpu_collectives()
   if FLAGS.num_cpu_devices:
     jax.config.update("jax_num_cpu_devices", FLAGS.num_cpu_devices)
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,

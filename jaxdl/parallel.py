@@ -17,6 +17,40 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
+# XLA:CPU runs the collectives of N simulated devices on threads that meet at a
+# rendezvous and aborts the process when one is late past a termination timeout.
+# On a loaded 2-core machine a device thread can be late by tens of seconds
+# (seen here: "Termination timeout ... exceeded", jaxlib 0.10.2), so jaxdl waits
+# longer; a real hang is still caught by the distributed heartbeat.
+PATIENT_CPU_COLLECTIVES = ("--xla_cpu_collective_call_terminate_timeout_seconds=1800",
+                           "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300",
+                           "--xla_cpu_collective_timeout_seconds=1800")
+
+
+def patient_cpu_collectives(environ=os.environ) -> None:
+  """Adds PATIENT_CPU_COLLECTIVES to XLA_FLAGS (keeping any value set there).
+
+  Takes effect only before jax starts its backends (the first computation).
+  """
+  flags = environ.get("XLA_FLAGS", "").split()
+  names = {f.split("=")[0] for f in flags}
+  flags += [f for f in PATIENT_CPU_COLLECTIVES if f.split("=")[0] not in names]
+  environ["XLA_FLAGS"] = " ".join(flags)
+
+
+def serial_dispatch() -> bool:
+  """Whether to wait for each computation before dispatching the next.
+
+  True for multi-process CPU runs only. Measured here (jaxlib 0.10.2, gloo
+  collectives, 2 processes x 2 CPU devices): with JAX's usual asynchronous
+  dispatch the processes deadlock inside a train or eval step whenever the
+  machine is loaded (4 of 4 runs beside two busy processes, each process blocked
+  in Execute); waiting for each step first, 0 of 8. CPU clusters are for tests,
+  so the lost overlap costs nothing that matters; accelerators keep it.
+  """
+  return jax.process_count() > 1 and jax.default_backend() == "cpu"
+
+
 def make_mesh(devices: list | None = None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))

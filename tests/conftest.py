@@ -5,6 +5,9 @@ import pathlib
 
 import jax
 
+from jaxdl import parallel
+
+parallel.patient_cpu_collectives()  # in-process tests and every subprocess they start
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_platforms", "cpu")
 

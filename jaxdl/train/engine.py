@@ -56,6 +56,7 @@ class Engine:
     if nonfinite not in NONFINITE_MODES:
       raise ValueError(f"nonfinite={nonfinite!r}: choose one of {NONFINITE_MODES}")
     self.task, self.mesh, self.nonfinite = task, mesh, nonfinite
+    self.serial = parallel.serial_dispatch()
     self.replicated = parallel.replicated(mesh)
     self.batch_sharding = parallel.batch_sharding(mesh)
     # Global shapes of a batch (the example may be per-process or global).
@@ -106,6 +107,8 @@ class Engine:
     total = None
     for batch in batches:
       total = self.eval_step(state, parallel.global_batch(batch, self.mesh), total)
+      if self.serial:
+        jax.block_until_ready(total)
     total = parallel.to_host(total)
     count = float(total.pop("count"))
     return {k: float(v) / max(count, 1.0) for k, v in total.items()}

@@ -244,6 +244,8 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
       batch = parallel.global_batch(next(it), run.mesh)
       state, metrics = engine.train_step(state, batch)
       tracker = guard.track(metrics, state.step)
+      if engine.serial:
+        jax.block_until_ready((state, tracker))
       _fault_point("step", step)
       if t_first is None:
         jax.block_until_ready(metrics)
