@@ -169,9 +169,11 @@ def benches() -> list[Bench]:
             _images((28, 28, 1), labels=False), 64, MNIST),
       Bench("rbm", _config("rbm", "rbm"), _images((28, 28, 1), labels=False), 128, MNIST),
       Bench("dbn_classifier", _config(model="dbn_classifier"), img28, 64, MNIST),
-      Bench("dense_autoencoder", _config("autoencoder", "dense_autoencoder"),
+      Bench("dense_autoencoder", _config("autoencoder", "dense_autoencoder",
+                                         sections={"ae": {"loss": "bce"}}),
             _images((28, 28, 1), labels=False), 128, MNIST),
-      Bench("conv_autoencoder", _config("autoencoder", "conv_autoencoder"),
+      Bench("conv_autoencoder", _config("autoencoder", "conv_autoencoder",
+                                        sections={"ae": {"loss": "bce"}}),
             _images((28, 28, 1), labels=False), 128, MNIST),
       Bench("vae", _config("vae", "vae"), _images((28, 28, 1), labels=False), 128, MNIST),
   ]
