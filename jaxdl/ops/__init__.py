@@ -6,13 +6,16 @@ Drop-ins for the lax / flax.linen functions, same signatures:
     ops.max_pool(x, (2, 2), strides=(2, 2))
     ops.conv_transpose(x, w, strides, padding)   # = lax.conv_transpose
 
-What measured fastest for the CIFAR CNN train step on this 2-core machine
-(scripts/bench_ops.py): `configure_cpu()` at program start (XLA's Eigen
+What measured fastest on this 2-core machine (scripts/benchmark.py; figures
+in docs/performance.md): `configure_cpu()` at program start (XLA's Eigen
 convolutions instead of its single-threaded YNNPACK ones, and `tune_malloc`),
-flax's `nn.Conv` unchanged, and `ops.max_pool`. With YNNPACK convolutions
-(jax 0.10's default) `ops.conv_general_dilated` is on par with lax; with the
-Eigen ones lax is faster. `ops.conv_transpose` is 2-3x faster than
-`lax.conv_transpose` with either.
+lax convolutions (`ops.conv_general_dilated` hands them to lax under Eigen;
+under YNNPACK it keeps im2col for inputs of <= 8 channels, where it wins:
+`ops.conv.IM2COL_MAX_CHANNELS`), and `ops.max_pool`: the CIFAR CNN step 3.7x
+over plain layers with jax's defaults. `ops.conv_transpose` (GEMM + col2im by
+output phase; `ops.ConvTranspose` is the flax layer) makes a DCGAN generator's
+forward+backward 6x faster than `lax.conv_transpose`. `jaxdl.ops.lstm` is the
+LSTM scan with a matrix-product backward.
 
 `tune_malloc()` removes a CPU cost that is not in the ops themselves: XLA:CPU
 allocates each executable's temporaries per run with posix_memalign from its
@@ -30,10 +33,11 @@ import os
 
 from jaxdl.ops.conv import conv_general_dilated, conv_transpose
 from jaxdl.ops.layers import ConvTranspose
+from jaxdl.ops.lstm import lstm_scan_fused
 from jaxdl.ops.pool import avg_pool, max_pool
 
 __all__ = ["conv_general_dilated", "conv_transpose", "ConvTranspose",
-           "max_pool", "avg_pool",
+           "lstm_scan_fused", "max_pool", "avg_pool",
            "tune_malloc", "configure_cpu", "CPU_XLA_FLAGS"]
 
 # XLA:CPU (jax 0.10) routes convolutions to YNNPACK fusions by default; those
