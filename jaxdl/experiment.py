@@ -59,6 +59,8 @@ def _define_flags(default_config: str) -> None:
   flags.DEFINE_integer("num_processes", None, "jax.distributed process count")
   flags.DEFINE_integer("process_id", None, "jax.distributed process id")
   flags.DEFINE_integer("num_cpu_devices", None, "simulated CPU devices in this process")
+  flags.DEFINE_bool("tune_cpu", True, "jaxdl.ops.configure_cpu(): XLA's multi-threaded "
+                    "convolutions and a malloc that keeps freed memory (see docs/performance.md)")
 
 
 def _parse(argv):
@@ -78,6 +80,9 @@ def _main(argv) -> None:
   FLAGS = flags.FLAGS
   if not FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+  if FLAGS.tune_cpu:
+    from jaxdl import ops  # pylint: disable=g-import-not-at-top
+    ops.configure_cpu()  # before jax starts its backends
   import jax  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
   parallel.patient_cpu_collectives()

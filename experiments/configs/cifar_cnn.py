@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "cifar10"
   c.model.name = "cnn"
   c.model.kwargs = ml_collections.ConfigDict(dict(
-      features=(32, 64, 64), dense=64, padding="VALID", conv_impl="xla"))
+      features=(32, 64, 64), dense=64, padding="VALID", conv_impl="fast"))
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.batch_size = 128

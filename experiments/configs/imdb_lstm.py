@@ -28,5 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.name = "lstm_classifier"
   c.model.kwargs = ml_collections.ConfigDict(dict(
       vocab_size=10000, embed_dim=128, hidden_size=100, spatial_dropout=0.4,
-      num_layers=1, bidirectional=False, unroll=1))
+      num_layers=1, bidirectional=False, unroll=1, scan_impl="fused"))
   return c
