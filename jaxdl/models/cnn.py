@@ -15,19 +15,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdl.models.base import Model, from_flax
-from jaxdl.configs import ConfigError
+from jaxdl.ops import layers
 
 
 def _ops(conv_impl: str):
   """(Conv class, max_pool) for the chosen lowering."""
-  if conv_impl == "xla":
-    return nn.Conv, nn.max_pool
-  if conv_impl == "fast":
-    from jaxdl.ops import conv as fast_conv, pool as fast_pool  # pylint: disable=g-import-not-at-top
-    return (functools.partial(nn.Conv, conv_general_dilated=fast_conv.conv_general_dilated),
-            fast_pool.max_pool)
-  raise ConfigError(f"unknown conv_impl {conv_impl!r}: choose 'xla' or 'fast' "
-                   "(--config.model.kwargs.conv_impl=...)")
+  conv, _, max_pool = layers.select(conv_impl, "--config.model.kwargs.conv_impl")
+  return conv, max_pool
 
 
 class CNN(nn.Module):

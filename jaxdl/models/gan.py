@@ -21,21 +21,14 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdl.configs import ConfigError
 from jaxdl.models.base import Model, from_flax
+from jaxdl.ops import layers
 
 
 def _layers(conv_impl: str):
   """(Conv, ConvTranspose) classes for the chosen lowering."""
-  if conv_impl == "xla":
-    return nn.Conv, nn.ConvTranspose
-  if conv_impl == "fast":
-    import functools  # pylint: disable=g-import-not-at-top
-    from jaxdl.ops import conv as fast_conv, layers  # pylint: disable=g-import-not-at-top
-    return (functools.partial(nn.Conv, conv_general_dilated=fast_conv.conv_general_dilated),
-            layers.ConvTranspose)
-  raise ConfigError(f"unknown conv_impl {conv_impl!r}: choose 'xla' or 'fast' "
-                    "(--config.gan.generator_kwargs.conv_impl=...)")
+  conv, conv_transpose, _ = layers.select(conv_impl, "--config.gan.generator_kwargs.conv_impl")
+  return conv, conv_transpose
 
 
 class Generator(nn.Module):

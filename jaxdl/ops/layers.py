@@ -11,12 +11,29 @@ a model can switch between the two without touching its checkpoints.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdl.ops.conv import conv_transpose
+from jaxdl.configs import ConfigError
+from jaxdl.ops.conv import conv_general_dilated, conv_transpose
+from jaxdl.ops.pool import max_pool
 
-__all__ = ["ConvTranspose"]
+__all__ = ["ConvTranspose", "select"]
+
+
+def select(conv_impl: str, setting: str):
+  """(Conv, ConvTranspose, max_pool) for a model's `conv_impl`: 'xla' (flax's
+  own layers) or 'fast' (the same layers and parameters through jaxdl.ops).
+  `setting` is the flag that sets it, for the error message."""
+  if conv_impl == "xla":
+    return nn.Conv, nn.ConvTranspose, nn.max_pool
+  if conv_impl == "fast":
+    return (functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated),
+            ConvTranspose, max_pool)
+  raise ConfigError(f"unknown conv_impl {conv_impl!r}: choose 'xla' or 'fast' "
+                    f"({setting}=...)")
 
 
 class ConvTranspose(nn.ConvTranspose):  # pylint: disable=missing-class-docstring
