@@ -281,6 +281,17 @@ def _maybe_compile(fn, compiled: bool):
   return torch.compile(fn, dynamic=False) if compiled else fn
 
 
+def _step(opt, loss_fn, x):
+  """One optimiser step of `loss_fn(x)`: the train step torch is timed on."""
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(x)
+    loss.backward()
+    opt.step()
+    return loss
+  return step
+
+
 def _supervised(model, x, loss_of, compiled, lr=1e-3):
   opt = torch.optim.Adam(model.parameters(), lr=lr)
   model.train()
@@ -290,14 +301,7 @@ def _supervised(model, x, loss_of, compiled, lr=1e-3):
 
   loss_fn = _maybe_compile(loss_fn, compiled)
 
-  def step():
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(x)
-    loss.backward()
-    opt.step()
-    return loss
-
-  return step
+  return _step(opt, loss_fn, x)
 
 
 def _images(n, shape, layout="nhwc"):
@@ -364,14 +368,7 @@ def _rbm_step(n, compiled):
 
   loss_fn = _maybe_compile(loss_fn, compiled)
 
-  def step():
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(v)
-    loss.backward()
-    opt.step()
-    return loss
-
-  return step
+  return _step(opt, loss_fn, v)
 
 
 def _recon(model, x, compiled):
