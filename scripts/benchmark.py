@@ -173,8 +173,12 @@ def benches() -> list[Bench]:
                                          sections={"ae": {"loss": "bce"}}),
             _images((28, 28, 1), labels=False), 128, MNIST),
       Bench("conv_autoencoder", _config("autoencoder", "conv_autoencoder",
-                                        sections={"ae": {"loss": "bce"}}),
+                                        sections={"ae": {"loss": "bce"}},
+                                        conv_impl="xla"),
             _images((28, 28, 1), labels=False), 128, MNIST),
+      Bench("conv_autoencoder (conv_impl=fast)", _config(
+          "autoencoder", "conv_autoencoder", sections={"ae": {"loss": "bce"}},
+          conv_impl="fast"), _images((28, 28, 1), labels=False), 128, MNIST),
       Bench("vae", _config("vae", "vae"), _images((28, 28, 1), labels=False), 128, MNIST),
   ]
 

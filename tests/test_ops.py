@@ -435,6 +435,24 @@ def test_dcgan_fast_equals_xla_in_params_outputs_and_grads():
       _check(run(plain), run(fast), v["params"], inp)
 
 
+def test_conv_autoencoder_fast_equals_xla_in_params_outputs_and_grads():
+  from jaxdl.models import autoencoder  # pylint: disable=g-import-not-at-top
+  x = _randn((2, 8, 8, 1), 1)
+  plain = autoencoder.ConvAutoencoder((3, 4), 5, conv_impl="xla")
+  fast = autoencoder.ConvAutoencoder((3, 4), 5, conv_impl="fast")
+  with jax.default_matmul_precision("highest"):
+    v = jax.jit(lambda k, x: plain.init(k, x, train=False))(jax.random.key(0), x)
+    fast_v = jax.jit(lambda k, x: fast.init(k, x, train=False))(jax.random.key(0), x)
+    # Same parameter tree and the same initial values from the same key.
+    assert (jax.tree_util.tree_structure(fast_v) == jax.tree_util.tree_structure(v))
+    _assert_close(fast_v, v, rtol=0)
+
+    def run(m):
+      return lambda p, x: m.apply({"params": p}, x, train=True)["recon_logits"]
+
+    _check(run(plain), run(fast), v["params"], x)
+
+
 # --- LSTM scan with the hand-written backward (jaxdl.ops.lstm) --------------
 
 
