@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.dtype = "float32"         # compute dtype: float32 or bfloat16 (params stay float32)
   c.grad_accum_steps = 1      # micro-batches per step (batch_size is the whole step's)
+  c.batches_per_transfer = 1  # K: send K steps' batches to the devices at once (same run)
   c.augment = ml_collections.ConfigDict(dict(crop_padding=0, flip=False))
   c.normalize = ml_collections.ConfigDict(dict(mean=(), std=()))
   c.async_checkpoints = True
@@ -66,6 +67,8 @@ def validate(config, num_devices: int = 1) -> None:
       raise ConfigError(f"{f}={v} is not divisible by the {num_devices} devices; pass "
                         f"--config.{f}={max(num_devices, v // num_devices * num_devices)}")
   _positive(config, "grad_accum_steps")
+  if "batches_per_transfer" in config:
+    _positive(config, "batches_per_transfer")
   k = config.get("grad_accum_steps", 1)
   if config.batch_size % (k * num_devices):
     raise ConfigError(f"batch_size={config.batch_size} must split into grad_accum_steps={k} "

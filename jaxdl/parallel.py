@@ -65,6 +65,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def block_sharding(mesh: Mesh) -> NamedSharding:
+  """A block of K batches [K, batch, ...]: the batch axis sharded along 'data'."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def global_block(local_block: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Per-process [K, local batch, ...] block -> global arrays (see pipeline)."""
+  sharding = block_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_block.items()}
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-process numpy batch -> global arrays sharded along 'data'."""
   sharding = batch_sharding(mesh)

@@ -349,7 +349,7 @@ def matches(b: Bench, wanted: list[str]) -> bool:
 
 def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
                    num_threads: int = 2, with_resident: bool = True,
-                   device_put: bool = False):
+                   device_put: bool = False, batches_per_transfer: int = 1):
   """Cases on real MNIST: device-resident batches and the grain pipeline.
 
   End to end is what `jaxdl.train.loop` does per step: `next(it)` from
@@ -359,7 +359,9 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
   batches already on the device. `device_put=True` replaces
   `parallel.global_batch` (`jax.make_array_from_process_local_data` per
   array) by one `jax.device_put(batch, sharding)`, its single-process
-  equivalent, to measure what that costs.
+  equivalent, to measure what that costs. `batches_per_transfer=K > 1` is the
+  loop's block path (`--config.batches_per_transfer`): one `next_block()` and
+  one `parallel.global_block` per K steps, and `Engine.train_step_in_block`.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
@@ -369,7 +371,8 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
   train, _, info = sources.load_image_dataset("mnist", mnist_dir)
   task = build_task(config, info, 10**6)
   it = pipeline.train_iterator(train, global_batch_size=batch_size, seed=0,
-                               num_batches=10**6, num_threads=num_threads)
+                               num_batches=10**6, num_threads=num_threads,
+                               batches_per_transfer=batches_per_transfer)
   first = next(it)
   engine = Engine(task, mesh, first)
   state = {"s": engine.init_state(0)}
@@ -382,6 +385,29 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
       s, m = compiled(s, resident[i % len(resident)])
     jax.block_until_ready(m)
     state["s"] = s
+
+  if batches_per_transfer > 1:
+    _, _, host_block = it.next_block()
+    in_block = engine.train_step_in_block.lower(
+        state["s"], parallel.global_block(host_block, mesh)).compile()
+    current = {"j": None, "block": None}
+
+    def blocks(k):
+      s = state["s"]
+      for _ in range(k):
+        j, _, host_block = it.next_block()
+        if current["j"] != j:
+          current["j"], current["block"] = j, parallel.global_block(host_block, mesh)
+        s, m = in_block(s, current["block"])
+        it.advance()
+      jax.block_until_ready(m)
+      state["s"] = s
+
+    out = [Case(f"{label}, grain ({num_threads} threads), {batches_per_transfer} "
+                "batches per transfer (parallel.global_block), end to end", blocks)]
+    if with_resident:
+      out.insert(0, Case(f"{label}, device-resident batches", on_device))
+    return out
 
   sharding = parallel.batch_sharding(mesh)
   to_device = ((lambda b: jax.device_put(b, sharding)) if device_put
@@ -501,6 +527,10 @@ def main(argv=None) -> int:
     pipe[-1] += pipeline_cases(mesh, args.mnist_dir, "mnist_mlp (batch 128)",
                                _config(model="mlp")(), 128, with_resident=False,
                                device_put=True)
+    for k in (4, 16, 64):
+      pipe[-1] += pipeline_cases(mesh, args.mnist_dir, "mnist_mlp (batch 128)",
+                                 _config(model="mlp")(), 128, with_resident=False,
+                                 batches_per_transfer=k)
     pipe.append(pipeline_cases(mesh, args.mnist_dir, "mnist_gan (batch 64)",
                                _config("gan", "dcgan_generator")(), 64))
     for group in pipe:

@@ -9,6 +9,15 @@ same whatever the number of processes or devices, and the iterator's state
 Whole batches are gathered with one numpy fancy-index when the source exposes
 `arrays` (per-example reads otherwise), normalised and augmented vectorised,
 and prefetched by grain's reader threads.
+
+With `batches_per_transfer=K > 1` grain's element is a *block*: the K
+consecutive batches [jK, jK + K) stacked on a new leading axis, each exactly
+the batch `TrainBatches` makes for its index. The training loop sends a block
+to the devices in one transfer and the compiled step picks its batch
+(`state.step % K`), so the host pays grain's and the transfer's per-element
+cost once per K steps. Blocks are aligned to multiples of K, so the data of
+every step, and therefore the run, is the same for any K; the iterator's state
+still counts batches (`{'next_index': batches consumed}`), as with K = 1.
 """
 
 from __future__ import annotations
@@ -88,11 +97,16 @@ class TrainBatches:
     self.crop_padding, self.flip = crop_padding, flip
     self.mean, self.std = mean, std
 
-  def __call__(self, b: int) -> Batch:
+  def indices(self, b: int) -> np.ndarray:
+    """This process's example indices of global batch b."""
     epoch, j = divmod(int(b), self.steps_per_epoch)
     perm = _permutation(self.seed, epoch, self.n)
     start = j * self.global_batch_size + self.offset
-    batch = _gather(self.source, perm[start:start + self.local])
+    return perm[start:start + self.local]
+
+  def __call__(self, b: int) -> Batch:
+    epoch, j = divmod(int(b), self.steps_per_epoch)
+    batch = _gather(self.source, self.indices(b))
     if self.crop_padding or self.flip:
       # Draw for the whole global batch, keep our slice: the same augmentation
       # whatever the process count.
@@ -108,15 +122,98 @@ class TrainBatches:
 def train_iterator(source, *, global_batch_size: int, seed: int, num_batches: int,
                    process_index: int = 0, process_count: int = 1,
                    crop_padding: int = 0, flip: bool = False, mean=None, std=None,
-                   num_threads: int = 2, prefetch: int = 4) -> grain.DatasetIterator:
-  """A checkpointable iterator over `num_batches` training batches."""
+                   num_threads: int = 2, prefetch: int = 4,
+                   batches_per_transfer: int = 1) -> grain.DatasetIterator:
+  """A checkpointable iterator over `num_batches` training batches.
+
+  `batches_per_transfer > 1` returns a `BlockIterator` (same batches, same
+  state, read K at a time)."""
   fn = TrainBatches(source, global_batch_size=global_batch_size, seed=seed,
                     process_index=process_index, process_count=process_count,
                     crop_padding=crop_padding, flip=flip, mean=mean, std=std)
+  if batches_per_transfer < 1:
+    raise ConfigError(f"batches_per_transfer={batches_per_transfer}: use 1 or more "
+                      "(--config.batches_per_transfer)")
+  if batches_per_transfer > 1:
+    return BlockIterator(fn, batches_per_transfer, num_batches, num_threads, prefetch)
   ds = grain.MapDataset.range(num_batches).map(fn)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=prefetch))
   return iter(ds)
+
+
+def device_unit_scale(x):
+  """`normalize` without mean/std, for a traced uint8 array: float32 in [0, 1]."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return x.astype(jnp.float32) * np.float32(1 / 255) if x.dtype == jnp.uint8 else x
+
+
+def _stack(batches: list[Batch]) -> Batch:
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+class BlockIterator(grain.DatasetIterator):
+  """Batches read K at a time (see the module docstring); state in batches.
+
+  `next(it)` returns one batch, as the plain iterator does; the training loop
+  uses `next_block()` instead: (block index, offset of the next batch in the
+  block, the block of K batches), then `advance()` once per step taken.
+  """
+
+  def __init__(self, batches: TrainBatches, k: int, num_batches: int,
+               num_threads: int, prefetch: int):
+    super().__init__()
+    self.k = k
+    self.batches = batches
+    ds = grain.MapDataset.range(-(-num_batches // k)).map(self.block)
+    self._blocks = iter(ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=num_threads, prefetch_buffer_size=prefetch)))
+    self._pos = 0          # batches consumed
+    self._next_block = 0   # the block grain's iterator yields next
+    self._block = None     # (block index, host block) last read
+
+  def block(self, j: int) -> Batch:
+    """Batches [jK, jK + K) stacked: [K, batch, ...].
+
+    Without augmentation, one gather for the K batches, and uint8 images stay
+    uint8 when there is no mean/std: the compiled step scales them to [0, 1]
+    (`device_unit_scale`, the same float32 product as `normalize`), a quarter
+    of the bytes to move and no host pass over them. Otherwise each batch is
+    exactly `TrainBatches`'s.
+    """
+    fb, k = self.batches, self.k
+    if fb.crop_padding or fb.flip:
+      return _stack([fb(j * k + i) for i in range(k)])
+    idx = np.concatenate([fb.indices(j * k + i) for i in range(k)])
+    batch = _gather(fb.source, idx)
+    if batch["inputs"].dtype != np.uint8 or fb.mean is not None:
+      batch = normalize(batch, fb.mean, fb.std)
+    return {key: v.reshape((k, -1) + v.shape[1:]) for key, v in batch.items()}
+
+  def next_block(self) -> tuple[int, int, Batch]:
+    j = self._pos // self.k
+    if self._block is None or self._block[0] != j:
+      if self._next_block != j:  # after set_state: move grain's iterator
+        self._blocks.set_state({"next_index": j})
+      self._block = (j, next(self._blocks))
+      self._next_block = j + 1
+    return j, self._pos % self.k, self._block[1]
+
+  def advance(self, n: int = 1) -> None:
+    self._pos += n
+
+  def __next__(self) -> Batch:
+    _, offset, block = self.next_block()
+    self.advance()
+    fb = self.batches
+    return normalize({key: v[offset] for key, v in block.items()}, fb.mean, fb.std)
+
+  def get_state(self) -> dict[str, int]:
+    return {"next_index": self._pos}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self._pos = int(state["next_index"])
+    self._block = None
 
 
 def eval_batches(source, *, global_batch_size: int, process_index: int = 0,

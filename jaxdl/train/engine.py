@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from jaxdl import parallel
+from jaxdl.data import pipeline
 from jaxdl.train.state import TrainState, step_key
 from jaxdl.train.task import Task
 
@@ -88,6 +89,25 @@ class Engine:
     self.train_step = jax.jit(
         train_step, donate_argnums=(0,),
         in_shardings=(self.state_shardings, self.batch_sharding),
+        out_shardings=(self.state_shardings, self.replicated))
+
+    def train_step_in_block(state: TrainState, block):
+      # A block holds K consecutive batches, aligned so that block j is
+      # batches [jK, jK + K): this step's batch is number state.step % K.
+      k = jax.tree.leaves(block)[0].shape[0]
+      i = state.step % k
+      batch = jax.tree.map(
+          lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False), block)
+      if "inputs" in batch:  # uint8 images sent as bytes (see BlockIterator.block)
+        batch["inputs"] = pipeline.device_unit_scale(batch["inputs"])
+      return train_step(state, batch)
+
+    # The same step, its batch taken on the device from a block of K batches
+    # sent at once (`pipeline.BlockIterator`); the block is not donated, it
+    # serves K steps.
+    self.train_step_in_block = jax.jit(
+        train_step_in_block, donate_argnums=(0,),
+        in_shardings=(self.state_shardings, parallel.block_sharding(mesh)),
         out_shardings=(self.state_shardings, self.replicated))
 
     def eval_step(state: TrainState, batch, total):

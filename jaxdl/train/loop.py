@@ -150,7 +150,8 @@ class Run:
         seed=self.config.seed, num_batches=self.num_steps,
         process_index=self.pindex, process_count=self.pcount,
         crop_padding=aug.get("crop_padding", 0), flip=aug.get("flip", False),
-        mean=self.mean, std=self.std)
+        mean=self.mean, std=self.std,
+        batches_per_transfer=self.config.get("batches_per_transfer", 1))
 
   def abstract_state(self):
     return checkpoint.abstract_with_shardings(self.engine.abstract_state,
@@ -239,10 +240,19 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
       _log_train(writer, progress, guard, ckpt, *pending)
       pending = None
 
+  blocks = isinstance(it, pipeline.BlockIterator)
+  block = (None, None)  # (block index, the block on the devices)
   try:
     for step in range(start + 1, run.num_steps + 1):
-      batch = parallel.global_batch(next(it), run.mesh)
-      state, metrics = engine.train_step(state, batch)
+      if blocks:  # one transfer per K steps; the step picks its batch
+        j, _, host_block = it.next_block()
+        if block[0] != j:
+          block = (j, parallel.global_block(host_block, run.mesh))
+        state, metrics = engine.train_step_in_block(state, block[1])
+        it.advance()
+      else:
+        batch = parallel.global_batch(next(it), run.mesh)
+        state, metrics = engine.train_step(state, batch)
       tracker = guard.track(metrics, state.step)
       if engine.serial:
         jax.block_until_ready((state, tracker))
