@@ -148,6 +148,30 @@ def test_conv_every_mode(case, modes, set_modes):
   _check_conv(case)
 
 
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 2, 9)],
+                         ids=lambda c: f"{c[0]}k{c[1]}s{c[3]}{c[4]}")
+def test_lax_conv_with_materialised_kernel_grad_input_equals_lax(case, monkeypatch):
+  # Every conv left to lax (as with Eigen convolutions): same values and
+  # gradients, and the backward reads the input through a conditional.
+  monkeypatch.setattr(conv_mod, "IM2COL_MAX_CHANNELS", 0)
+  monkeypatch.setattr(conv_mod, "MATERIALIZE_DW_INPUT", True)
+  _check_conv(case)
+  x, w, _, new = _conv_pair(*case)
+  text = str(jax.make_jaxpr(jax.grad(lambda x, w: new(x, w).sum(), (0, 1)))(x, w))
+  assert "cond[" in text
+  monkeypatch.setattr(conv_mod, "MATERIALIZE_DW_INPUT", False)
+  text = str(jax.make_jaxpr(jax.grad(lambda x, w: new(x, w).sum(), (0, 1)))(x, w))
+  assert "cond[" not in text and "custom_vjp" not in text
+
+
+def test_materialised_copy_keeps_nan_and_signed_zero_semantics():
+  for first in (np.nan, -0.0, 1.5):
+    x = jnp.asarray(np.array([first, -0.0, np.inf, 2.0], np.float32))
+    got = np.asarray(jax.jit(conv_mod._opaque)(x))
+    np.testing.assert_array_equal(got[1:], np.asarray(x)[1:])
+    assert np.isnan(got[0]) if np.isnan(first) else got[0] == first
+
+
 @pytest.mark.parametrize("x_shape,k,strides,padding,dil", [
     ((2, 13, 3), 3, (1,), "SAME", (2,)),           # 1-D, dilated kernel
     ((2, 12, 4), 4, (2,), "VALID", None),          # 1-D
@@ -502,7 +526,8 @@ def test_im2col_channel_policy(monkeypatch):
   x, w = _randn((2, 6, 6, 9)), _randn((3, 3, 9, 4), 1)
   jaxpr = str(jax.make_jaxpr(lambda x, w: ops.conv_general_dilated(
       x, w, (1, 1), "SAME", dimension_numbers=NHWC))(x, w))
-  assert "conv_general_dilated" in jaxpr and "custom_vjp" not in jaxpr
+  # lax's convolution (under MATERIALIZE_DW_INPUT's custom_vjp), no im2col GEMM.
+  assert "conv_general_dilated" in jaxpr and "dot_general" not in jaxpr
 
 
 def test_col2im_by_phase_equals_padded_adds(monkeypatch):

@@ -75,6 +75,15 @@ COL2IM_PHASES = True
 # conv (0); with jax's default single-threaded YNNPACK convolutions im2col
 # only for thin inputs (<= 8 channels, e.g. RGB), where it wins most.
 IM2COL_MAX_CHANNELS = "auto"
+# For the convolutions left to lax (above): XLA:CPU computes the kernel
+# gradient from the input in a batch-minor layout, and the transposing copy
+# that makes it absorbs the input's elementwise producers: in a ResNet the
+# BatchNorm, ReLU and residual adds of several blocks, recomputed inside a
+# strided copy (155 of a 320 ms fwd+bwd at batch 128; a plain transpose of
+# the same 8 MB takes 0.7 ms). With True the backward pass reads a copy of
+# the input materialised in the forward pass (`_opaque`), so the transpose is
+# a plain one: ResNet fwd+bwd 320 -> 190 ms. The values are lax's, exactly.
+MATERIALIZE_DW_INPUT = True
 
 
 def eigen_convolutions() -> bool:
@@ -131,12 +140,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   any strides, 'SAME'/'SAME_LOWER'/'VALID' or explicit (also negative)
   padding, kernel (rhs) dilation. Everything else falls back to lax.
   """
-  if not is_supported(np.shape(lhs), np.shape(rhs), lhs_dilation=lhs_dilation,
-                      dimension_numbers=dimension_numbers,
-                      feature_group_count=feature_group_count,
-                      batch_group_count=batch_group_count) or (
-                          _max_channels() is not None
-                          and np.shape(lhs)[-1] > _max_channels()):
+  supported = is_supported(np.shape(lhs), np.shape(rhs), lhs_dilation=lhs_dilation,
+                           dimension_numbers=dimension_numbers,
+                           feature_group_count=feature_group_count,
+                           batch_group_count=batch_group_count)
+  use_lax = not supported or (_max_channels() is not None
+                              and np.shape(lhs)[-1] > _max_channels())
+  if use_lax and not (supported and MATERIALIZE_DW_INPUT):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -159,8 +169,48 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                else preferred_element_type)
   lhs = lhs.astype(jnp.result_type(lhs, rhs))
   rhs = rhs.astype(lhs.dtype)
-  fn = _conv_fn(strides, pads, dil, _hashable(precision), preferred_element_type)
+  make = _lax_conv_fn if use_lax else _conv_fn
+  fn = make(strides, pads, dil, _hashable(precision), preferred_element_type)
   return fn(lhs, rhs).astype(out_dtype)
+
+
+def _opaque(x):
+  """x, passed through a conditional that XLA cannot see through or remove.
+
+  Both branches return x (x + 0 differs from x only in the sign of a zero,
+  and only runs when x's first element is NaN), so the value is x; but XLA
+  can no longer fuse x's producers into x's consumers. (An
+  optimization_barrier would not do: XLA:CPU expands barriers before fusion.)
+  """
+  first = x.reshape(-1)[0]
+  return lax.cond(first == first, lambda t: t, lambda t: t + jnp.zeros((), t.dtype), x)
+
+
+@functools.lru_cache(maxsize=None)
+def _lax_conv_fn(strides, pads, dil, precision, pet):
+  """`lax.conv_general_dilated` (channels-last) whose kernel gradient reads a
+  materialised copy of the input (see MATERIALIZE_DW_INPUT)."""
+
+  def lax_conv(x, w):
+    return lax.conv_general_dilated(
+        x, w, strides, pads, rhs_dilation=dil,
+        dimension_numbers=_channels_last_dnums(x.ndim), precision=precision,
+        preferred_element_type=pet)
+
+  @jax.custom_vjp
+  def conv(x, w):
+    return lax_conv(x, w)
+
+  def fwd_rule(x, w):
+    return lax_conv(x, w), (_opaque(x), w)
+
+  def bwd_rule(res, dy):
+    x, w = res
+    dx, dw = jax.vjp(lax_conv, x, w)[1](dy.astype(x.dtype))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+  conv.defvjp(fwd_rule, bwd_rule)
+  return conv
 
 
 def _hashable(precision):
