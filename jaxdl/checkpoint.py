@@ -309,6 +309,10 @@ class Checkpointer:
     if isinstance(e, CheckpointError):
       return e
     self._pending = None
+    # The failed save's other write tasks failed too; asyncio would print each
+    # one's traceback ("Task exception was never retrieved") when it is
+    # collected, some after the error line below. That line reports them all.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:  # let the failed save's writer threads stop before touching its files
       self._manager.wait_until_finished()
     except Exception:  # pylint: disable=broad-except
