@@ -114,15 +114,20 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 def lstm_scan_fused(w_h, xs_proj, lengths, init_carry, *, unroll: int = 1,
-                    reverse: bool = False):
-  """`jaxdl.models.lstm.lstm_scan` (same arguments and results), custom VJP."""
-  b, t = xs_proj.shape[:2]
+                    reverse: bool = False, time_major: bool = False):
+  """`jaxdl.models.lstm.lstm_scan` (same arguments and results), custom VJP.
+
+  `time_major=True`: `xs_proj` is [T, B, 4H] and the outputs [T, B, H], which
+  saves two [T, B, 4H]-sized transposes (and their gradients' transposes) when
+  the caller can project time-major, as `LSTMDirection` does.
+  """
+  xs = xs_proj if time_major else jnp.swapaxes(xs_proj, 0, 1)
+  t, b = xs.shape[:2]
   if lengths is None:
     lengths = jnp.full((b,), t, jnp.int32)
   valid = jnp.arange(t, dtype=jnp.int32)[:, None] < lengths[None, :].astype(jnp.int32)
-  xs = jnp.swapaxes(xs_proj, 0, 1)
   c0, h0 = init_carry
   w_h = w_h.astype(xs.dtype)
   carry, hs = _scan(w_h, xs, valid, c0.astype(xs.dtype), h0.astype(xs.dtype),
                     int(unroll), bool(reverse))
-  return carry, jnp.swapaxes(hs, 0, 1)
+  return carry, (hs if time_major else jnp.swapaxes(hs, 0, 1))
