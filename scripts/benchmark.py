@@ -354,8 +354,9 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
 
   End to end is what `jaxdl.train.loop` does per step: `next(it)` from
   `pipeline.train_iterator` (grain, `num_threads` workers, prefetch 4), then
-  `parallel.global_batch` and the step (dispatched asynchronously, so the
-  next batch is read while the step runs). Device-resident replays 16
+  `parallel.global_batch` and the step (with jax's defaults dispatched
+  asynchronously; `--cpu=tuned`, like the experiments, dispatches
+  synchronously: grain's threads still read ahead while a step runs). Device-resident replays 16
   batches already on the device. `device_put=True` replaces
   `parallel.global_batch` (`jax.make_array_from_process_local_data` per
   array) by one `jax.device_put(batch, sharding)`, its single-process

@@ -400,10 +400,21 @@ def test_configure_cpu_appends_flags_once(monkeypatch):
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
   monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
-  assert ops.configure_cpu(malloc=False) is True
-  assert ops.configure_cpu(malloc=False) is True
+  assert ops.configure_cpu(malloc=False, sync_dispatch=False) is True
+  assert ops.configure_cpu(malloc=False, sync_dispatch=False) is True
   flags = os.environ["XLA_FLAGS"].split()
   assert flags == ["--xla_foo=1", *ops.CPU_XLA_FLAGS]
+
+
+def test_configure_cpu_turns_off_async_cpu_dispatch(monkeypatch):
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  before = jax.config.read("jax_cpu_enable_async_dispatch")
+  try:
+    assert ops.configure_cpu(eigen_convolutions=False, malloc=False) is True
+    assert jax.config.read("jax_cpu_enable_async_dispatch") is False
+  finally:
+    jax.config.update("jax_cpu_enable_async_dispatch", before)
 
 
 # --- layers routed through jaxdl.ops: same parameters, values and gradients --

@@ -18,11 +18,17 @@ forward+backward 6x faster than `lax.conv_transpose`. `jaxdl.ops.lstm` is the
 LSTM scan with a matrix-product backward.
 
 `tune_malloc()` removes a CPU cost that is not in the ops themselves: XLA:CPU
-allocates each executable's temporaries per run with posix_memalign from its
-worker threads; glibc serves requests over 32 MiB (64 MiB in thread arenas)
-with a fresh mmap and returns them with munmap, so every train step page-faults
-its whole temp arena anew (~46k faults/step for the CIFAR CNN, ~90 ms of kernel
-time on this VM). One arena, no mmap and no trimming keep that memory mapped.
+allocates each executable's temporaries per run with posix_memalign; glibc
+serves requests over 32 MiB with a fresh mmap and returns them with munmap,
+so every train step page-faults its whole temp arena anew (~46k faults/step
+for the CIFAR CNN, ~90 ms of kernel time on this VM). No mmap and no trimming
+keep that memory mapped. `configure_cpu()` also turns off jax's asynchronous
+CPU dispatch, so that a step runs on (and allocates from) the calling
+thread: with async dispatch it runs on a PjRt worker thread, whose malloc
+arena's heaps are capped at 64 MiB, so the big temporaries went back to mmap
+(unless every thread shared one arena, whose lock then slowed the small
+steps: MNIST MLP 0.61 vs 0.48 ms; see docs/performance.md). The data
+pipeline's grain threads still prepare batches while a step runs.
 """
 
 from __future__ import annotations
@@ -44,17 +50,16 @@ __all__ = ["conv_general_dilated", "conv_transpose", "ConvTranspose",
 # run on one thread. This keeps them on XLA's multi-threaded Eigen kernels.
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def tune_malloc() -> bool:
   """Keeps freed heap memory mapped (glibc only); True if applied.
 
-  Call before jax starts its CPU client (before the first computation) so its
-  worker threads share the main arena. Equivalent environment, set before
-  Python starts: MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-  MALLOC_TRIM_THRESHOLD_=<large>. Costs: freed memory is not returned to the
-  OS (peak RSS stays), and one arena serialises malloc across threads.
+  Equivalent environment, set before Python starts: MALLOC_MMAP_MAX_=0
+  MALLOC_TRIM_THRESHOLD_=<large>. Cost: freed memory is not returned to the
+  OS (peak RSS stays). Threads keep their own malloc arenas (see the module
+  docstring for why the steps' big buffers come from the main one).
   """
   name = ctypes.util.find_library("c")
   if not name:
@@ -64,15 +69,15 @@ def tune_malloc() -> bool:
     mallopt = libc.mallopt
   except (OSError, AttributeError):
     return False
-  ok = mallopt(_M_ARENA_MAX, 1) == 1
-  ok &= mallopt(_M_MMAP_MAX, 0) == 1
+  ok = mallopt(_M_MMAP_MAX, 0) == 1
   ok &= mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
   return bool(ok)
 
 
 def configure_cpu(*, eigen_convolutions: bool = True,
-                  malloc: bool = True) -> bool:
-  """Applies CPU_XLA_FLAGS (appended to XLA_FLAGS) and `tune_malloc()`.
+                  malloc: bool = True, sync_dispatch: bool = True) -> bool:
+  """Applies CPU_XLA_FLAGS (appended to XLA_FLAGS), `tune_malloc()` and
+  synchronous CPU dispatch (`jax_cpu_enable_async_dispatch=False`).
 
   Must run before jax initialises its backends (the first computation or
   `jax.devices()`); returns False, changing nothing, when that has happened.
@@ -90,4 +95,7 @@ def configure_cpu(*, eigen_convolutions: bool = True,
     os.environ["XLA_FLAGS"] = " ".join(flags)
   if malloc:
     tune_malloc()
+  if sync_dispatch:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
   return True
