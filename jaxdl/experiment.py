@@ -60,7 +60,8 @@ def _define_flags(default_config: str) -> None:
   flags.DEFINE_integer("process_id", None, "jax.distributed process id")
   flags.DEFINE_integer("num_cpu_devices", None, "simulated CPU devices in this process")
   flags.DEFINE_bool("tune_cpu", True, "jaxdl.ops.configure_cpu(): XLA's multi-threaded "
-                    "convolutions and a malloc that keeps freed memory (see docs/performance.md)")
+                    "convolutions, a malloc that keeps freed memory and synchronous CPU "
+                    "dispatch (see docs/performance.md)")
 
 
 def _parse(argv):

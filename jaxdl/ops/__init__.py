@@ -11,7 +11,7 @@ in docs/performance.md): `configure_cpu()` at program start (XLA's Eigen
 convolutions instead of its single-threaded YNNPACK ones, and `tune_malloc`),
 lax convolutions (`ops.conv_general_dilated` hands them to lax under Eigen;
 under YNNPACK it keeps im2col for inputs of <= 8 channels, where it wins:
-`ops.conv.IM2COL_MAX_CHANNELS`), and `ops.max_pool`: the CIFAR CNN step 3.7x
+`ops.conv.IM2COL_MAX_CHANNELS`), and `ops.max_pool`: the CIFAR CNN step 4.9x
 over plain layers with jax's defaults. `ops.conv_transpose` (GEMM + col2im by
 output phase; `ops.ConvTranspose` is the flax layer) makes a DCGAN generator's
 forward+backward 6x faster than `lax.conv_transpose`. `jaxdl.ops.lstm` is the
