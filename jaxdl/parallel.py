@@ -47,7 +47,8 @@ def serial_dispatch() -> bool:
   eval step in 4 of 4 runs, 1 process x 4 devices in 2 of 4 (every thread
   blocked, no CPU used); waiting for each step first, 0 of 8 and 0 of 4.
   Simulated CPU devices are for tests, so the lost overlap costs nothing that
-  matters; one CPU device and accelerators keep asynchronous dispatch.
+  matters; accelerators keep asynchronous dispatch (on CPU,
+  `jaxdl.ops.configure_cpu()` makes every dispatch synchronous anyway).
   """
   return jax.default_backend() == "cpu" and jax.device_count() > 1
 
