@@ -361,8 +361,9 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
   `parallel.global_batch` (`jax.make_array_from_process_local_data` per
   array) by one `jax.device_put(batch, sharding)`, its single-process
   equivalent, to measure what that costs. `batches_per_transfer=K > 1` is the
-  loop's block path (`--config.batches_per_transfer`): one `next_block()` and
-  one `parallel.global_block` per K steps, and `Engine.train_step_in_block`.
+  loop's block path (`--config.batches_per_transfer`): `next_device_block`
+  (one grain element and one `parallel.global_block` per K steps) and
+  `Engine.train_step_in_block`.
   """
   import jax  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
@@ -388,19 +389,14 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
     state["s"] = s
 
   if batches_per_transfer > 1:
-    _, _, host_block = it.next_block()
+    to_block = lambda b: parallel.global_block(b, mesh)
     in_block = engine.train_step_in_block.lower(
-        state["s"], parallel.global_block(host_block, mesh)).compile()
-    current = {"j": None, "block": None}
+        state["s"], to_block(it.next_block()[2])).compile()
 
     def blocks(k):
       s = state["s"]
       for _ in range(k):
-        j, _, host_block = it.next_block()
-        if current["j"] != j:
-          current["j"], current["block"] = j, parallel.global_block(host_block, mesh)
-        s, m = in_block(s, current["block"])
-        it.advance()
+        s, m = in_block(s, it.next_device_block(to_block))
       jax.block_until_ready(m)
       state["s"] = s
 

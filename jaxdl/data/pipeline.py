@@ -156,8 +156,8 @@ class BlockIterator(grain.DatasetIterator):
   """Batches read K at a time (see the module docstring); state in batches.
 
   `next(it)` returns one batch, as the plain iterator does; the training loop
-  uses `next_block()` instead: (block index, offset of the next batch in the
-  block, the block of K batches), then `advance()` once per step taken.
+  calls `next_device_block(to_device)` once per step instead: the current
+  block, sent with `to_device` when the step enters it, and the step taken.
   """
 
   def __init__(self, batches: TrainBatches, k: int, num_batches: int,
@@ -171,6 +171,7 @@ class BlockIterator(grain.DatasetIterator):
     self._pos = 0          # batches consumed
     self._next_block = 0   # the block grain's iterator yields next
     self._block = None     # (block index, host block) last read
+    self._device = None    # (block index, that block on the devices)
 
   def block(self, j: int) -> Batch:
     """Batches [jK, jK + K) stacked: [K, batch, ...].
@@ -202,6 +203,15 @@ class BlockIterator(grain.DatasetIterator):
   def advance(self, n: int = 1) -> None:
     self._pos += n
 
+  def next_device_block(self, to_device) -> Any:
+    """The block of the next step as `to_device(host block)` (sent once per
+    block), and that step taken: the compiled step picks batch `step % K`."""
+    j, _, host = self.next_block()
+    if self._device is None or self._device[0] != j:
+      self._device = (j, to_device(host))
+    self.advance()
+    return self._device[1]
+
   def __next__(self) -> Batch:
     _, offset, block = self.next_block()
     self.advance()
@@ -213,7 +223,7 @@ class BlockIterator(grain.DatasetIterator):
 
   def set_state(self, state: dict[str, int]) -> None:
     self._pos = int(state["next_index"])
-    self._block = None
+    self._block = self._device = None
 
 
 def eval_batches(source, *, global_batch_size: int, process_index: int = 0,

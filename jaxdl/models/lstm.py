@@ -66,8 +66,8 @@ def lstm_cell(w_h: jax.Array, carry: Carry,
 
 def lstm_scan(w_h: jax.Array, xs_proj: jax.Array,
               lengths: jax.Array | None, init_carry: Carry, *,
-              unroll: int = 1, reverse: bool = False, impl: str = "autodiff"
-              ) -> tuple[Carry, jax.Array]:
+              unroll: int = 1, reverse: bool = False, impl: str = "autodiff",
+              time_major: bool = False) -> tuple[Carry, jax.Array]:
   """Runs `lstm_cell` over time with `lax.scan`, masking padded steps.
 
   Args:
@@ -79,6 +79,8 @@ def lstm_scan(w_h: jax.Array, xs_proj: jax.Array,
     reverse: read each row backwards from its own last real step.
     impl: 'autodiff' (jax differentiates the scan) or 'fused'
       (`jaxdl.ops.lstm.lstm_scan_fused`, same values, custom backward).
+    time_major: `xs_proj` is [T, B, 4H] and the outputs [T, B, H] (the scan's
+      own order: no transposes of the projection, its gradient or the outputs).
 
   Returns:
     (final carry (c, h) at each row's last real step processed, outputs
@@ -88,16 +90,16 @@ def lstm_scan(w_h: jax.Array, xs_proj: jax.Array,
   if impl == "fused":
     from jaxdl.ops.lstm import lstm_scan_fused  # pylint: disable=g-import-not-at-top
     return lstm_scan_fused(w_h, xs_proj, lengths, init_carry, unroll=unroll,
-                           reverse=reverse)
+                           reverse=reverse, time_major=time_major)
   if impl != "autodiff":
     raise ValueError(f"lstm scan impl={impl!r}: choose 'autodiff' or 'fused'")
-  b, t = xs_proj.shape[:2]
+  xs = xs_proj if time_major else jnp.swapaxes(xs_proj, 0, 1)  # [T, B, 4H]
+  t, b = xs.shape[:2]
   if lengths is None:
     lengths = jnp.full((b,), t, jnp.int32)
   # valid[t, b]: time-major like the scanned inputs.
   valid = jnp.arange(t, dtype=jnp.int32)[:, None] < lengths[None, :].astype(
       jnp.int32)
-  xs = jnp.swapaxes(xs_proj, 0, 1)  # [T, B, 4H]
 
   def body(carry, inp):
     x_t, m_t = inp
@@ -108,7 +110,7 @@ def lstm_scan(w_h: jax.Array, xs_proj: jax.Array,
 
   carry, hs = jax.lax.scan(body, tuple(init_carry), (xs, valid),
                            reverse=reverse, unroll=unroll)
-  return carry, jnp.swapaxes(hs, 0, 1)
+  return carry, (hs if time_major else jnp.swapaxes(hs, 0, 1))
 
 
 def _forget_bias_init(hidden_size: int, forget_bias: float):
@@ -139,28 +141,21 @@ class LSTMDirection(nn.Module):
   def __call__(self, x: jax.Array, lengths: jax.Array | None
                ) -> tuple[Carry, jax.Array]:
     h = self.hidden_size
-    fused = self.scan_impl == "fused"
-    # Hoisted input projection: all time steps in one product. The fused scan
-    # projects time-major: transposing x [B, T, F] is cheaper than the
-    # projection [B, T, 4H] (and the outputs, when unused, are never
-    # transposed back). Same parameters and values either way.
+    # Hoisted input projection: all time steps in one product, time-major:
+    # transposing x [B, T, F] is cheaper than the projection [B, T, 4H] (and
+    # the outputs, when unused, are never transposed back).
     xs_proj = nn.Dense(4 * h, name="input",
                        kernel_init=nn.initializers.glorot_uniform(),
                        bias_init=_forget_bias_init(h, self.forget_bias))(
-                           jnp.swapaxes(x, 0, 1) if fused else x)
+                           jnp.swapaxes(x, 0, 1))
     w_h = self.param("recurrent_kernel", nn.initializers.orthogonal(),
                      (h, 4 * h), jnp.float32)
     w_h = w_h.astype(xs_proj.dtype)
     zeros = jnp.zeros((x.shape[0], h), xs_proj.dtype)
-    if fused:
-      from jaxdl.ops.lstm import lstm_scan_fused  # pylint: disable=g-import-not-at-top
-      carry, hs = lstm_scan_fused(w_h, xs_proj, lengths, (zeros, zeros),
-                                  unroll=self.unroll, reverse=self.reverse,
-                                  time_major=True)
-      return carry, jnp.swapaxes(hs, 0, 1)
-    return lstm_scan(w_h, xs_proj, lengths, (zeros, zeros),
-                     unroll=self.unroll, reverse=self.reverse,
-                     impl=self.scan_impl)
+    carry, hs = lstm_scan(w_h, xs_proj, lengths, (zeros, zeros),
+                          unroll=self.unroll, reverse=self.reverse,
+                          impl=self.scan_impl, time_major=True)
+    return carry, jnp.swapaxes(hs, 0, 1)
 
 
 class LSTM(nn.Module):

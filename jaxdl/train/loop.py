@@ -241,15 +241,11 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
       pending = None
 
   blocks = isinstance(it, pipeline.BlockIterator)
-  block = (None, None)  # (block index, the block on the devices)
+  to_device = lambda b: parallel.global_block(b, run.mesh)
   try:
     for step in range(start + 1, run.num_steps + 1):
       if blocks:  # one transfer per K steps; the step picks its batch
-        j, _, host_block = it.next_block()
-        if block[0] != j:
-          block = (j, parallel.global_block(host_block, run.mesh))
-        state, metrics = engine.train_step_in_block(state, block[1])
-        it.advance()
+        state, metrics = engine.train_step_in_block(state, it.next_device_block(to_device))
       else:
         batch = parallel.global_batch(next(it), run.mesh)
         state, metrics = engine.train_step(state, batch)
