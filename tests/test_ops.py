@@ -532,6 +532,8 @@ def test_im2col_channel_policy(monkeypatch):
   flag = ops.CPU_XLA_FLAGS[0]
   monkeypatch.setenv("XLA_FLAGS", flag)
   assert conv_mod.eigen_convolutions() and conv_mod._max_channels() == 0
+  monkeypatch.setenv("XLA_FLAGS", flag + ",-individual_dot")  # a longer list
+  assert conv_mod.eigen_convolutions()
   monkeypatch.setenv("XLA_FLAGS", "")
   assert not conv_mod.eigen_convolutions() and conv_mod._max_channels() == 8
   x, w = _randn((2, 6, 6, 9)), _randn((3, 3, 9, 4), 1)

@@ -89,8 +89,11 @@ MATERIALIZE_DW_INPUT = True
 def eigen_convolutions() -> bool:
   """Whether XLA_FLAGS routes convolutions away from YNNPACK (see configure_cpu)."""
   import os  # pylint: disable=g-import-not-at-top
-  flags = os.environ.get("XLA_FLAGS", "").split()
-  return "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in flags
+  for flag in os.environ.get("XLA_FLAGS", "").split():
+    name, _, value = flag.partition("=")
+    if name == "--xla_cpu_experimental_ynn_fusion_type":
+      return "-individual_convolution" in value.split(",")
+  return False
 
 
 def _max_channels():

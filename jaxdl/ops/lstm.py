@@ -15,9 +15,20 @@ and everything else is one product after the loop:
     dW_h = sum_t h_{t-1}^T dz_t = einsum('tbh,tbg->hg', H_prev, dZ)   one GEMM
     d xs_proj = dZ                                                    no work
 
-The forward saves the gate derivatives already multiplied out (7H floats per
-row and step, see `_forward`), so each backward step is one elementwise
-fusion, one [B, 4H] x [4H, H] product and one more fusion.
+The forward saves the gate derivatives already multiplied out (6H floats per
+row and step, see `_forward`), so each backward step is a few elementwise
+fusions around one [B, 4H] x [4H, H] product; `H_prev` is the saved output
+sequence shifted by one step (`_h_prev`), not a second copy.
+
+What XLA:CPU (jax 0.10) made of the loop bodies decided their form, measured
+on the IMDB shapes (B = 32 / 128, H = 100, T = 100; docs/performance.md):
+a loop fusion with two or more different transcendental functions on
+slices of the step's [B, 4H] pre-activation compiles to slow, apparently
+scalar code (two sigmoids on [128, 100] slices: ~60 us in the loop against
+~6 us for one), so all four gate activations are one `tanh` over [B, 4H]
+(sigmoid(z) = (tanh(z / 2) + 1) / 2); gate blocks are joined with
+`concatenate` on the last axis rather than stacked and reshaped; the
+post-loop dW_h is a plain 2-D product (the 3-D einsum took twice as long).
 `tests/test_ops.py` checks values and gradients against autodiff of the plain
 scan; `scripts/benchmark.py` measures it (lstm_classifier (scan_impl=fused)).
 """
@@ -33,23 +44,25 @@ __all__ = ["lstm_scan_fused"]
 
 
 def _gates(z):
-  zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-  return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+  """(i, f, g, o) = (sigmoid, sigmoid, tanh, sigmoid) of the four [B, H]
+  blocks of z [B, 4H], as one tanh over z: sigmoid(x) = tanh(x/2)/2 + 1/2."""
+  hidden = z.shape[-1] // 4
+  is_g = (jnp.arange(4 * hidden) // hidden) == 2
+  scale = jnp.where(is_g, 1.0, 0.5).astype(z.dtype)
+  shift = jnp.where(is_g, 0.0, 0.5).astype(z.dtype)
+  return jnp.split(jnp.tanh(z * scale) * scale + shift, 4, axis=-1)
 
 
 def _forward(w_h, xs, valid, c0, h0, unroll, reverse, residuals=True):
   """Time-major scan; returns ((c, h), outputs, residuals).
 
   The residuals are what the backward step multiplies by, precomputed here
-  so that it is one elementwise fusion around one matrix product:
+  so that it is elementwise work around one matrix product:
     k  = [g i (1-i), c_prev f (1-f), i (1-g^2), tanh(c) o (1-o)]   [B, 4H]
          (dz = k * [dc, dc, dc, dh] for the cotangents dc, dh of c', h')
     j  = o (1 - tanh(c)^2)    (dh's contribution to dc)            [B, H]
     f                         (dc's contribution to dc_prev)       [B, H]
-    h_prev                    (for dW_h after the loop)            [B, H]
   """
-  hidden = w_h.shape[0]
-
   def body(carry, inp):
     c, h = carry
     x_t, m_t = inp
@@ -62,9 +75,9 @@ def _forward(w_h, xs, valid, c0, h0, unroll, reverse, residuals=True):
     hs = jnp.where(m, h_new, jnp.zeros_like(h_new))
     if not residuals:
       return out, (hs, ())
-    k = jnp.stack([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g),
-                   tc * o * (1 - o)], axis=1).reshape(-1, 4 * hidden)
-    return out, (hs, (k, o * (1 - tc * tc), f, h))
+    k = jnp.concatenate([g * i * (1 - i), c * f * (1 - f), i * (1 - g * g),
+                         tc * o * (1 - o)], axis=-1)
+    return out, (hs, (k, o * (1 - tc * tc), f))
 
   carry, (hs, res) = jax.lax.scan(body, (c0, h0), (xs, valid), unroll=unroll,
                                   reverse=reverse)
@@ -80,16 +93,29 @@ def _scan(w_h, xs, valid, c0, h0, unroll, reverse):
 
 def _scan_fwd(w_h, xs, valid, c0, h0, unroll, reverse):
   carry, hs, res = _forward(w_h, xs, valid, c0, h0, unroll, reverse)
-  return (carry, hs), (w_h, valid, res)
+  return (carry, hs), (w_h, valid, res, hs, h0)
+
+
+def _h_prev(hs, valid, h0, reverse):
+  """The h each step read, [T, B, H], from the outputs hs (time-major).
+
+  Rows are post-padded, so a real step's predecessor in reading order is the
+  previous real step (its output) or, for the first one, h0. Padded steps
+  get some value: their dz is zero, so they add nothing to dW_h.
+  """
+  if not reverse:
+    return jnp.concatenate([h0[None], hs[:-1]], axis=0)
+  # Reverse: step t reads step t + 1's output, or h0 where t + 1 is padding.
+  first = ~jnp.concatenate([valid[1:], jnp.zeros_like(valid[:1])], axis=0)
+  return jnp.where(first[..., None], h0[None],
+                   jnp.concatenate([hs[1:], hs[:1]], axis=0))
 
 
 def _scan_bwd(unroll, reverse, saved, cts):
-  w_h, valid, (ks, js, fs, h_prev) = saved
+  w_h, valid, (ks, js, fs), hs, h0 = saved
   (dc_t, dh_t), d_hs = cts
   w_ht = w_h.T
   hidden = w_h.shape[0]
-  # Selects dc for the i, f, g blocks of dz and dh for the o block.
-  is_o = (jnp.arange(4) == 3)[None, :, None]
 
   def body(carry, inp):
     dc, dh = carry
@@ -98,15 +124,18 @@ def _scan_bwd(unroll, reverse, saved, cts):
     zero = jnp.zeros_like(dh)
     dh_new = jnp.where(m, dh + dout, zero)
     dc_new = jnp.where(m, dc, zero) + dh_new * j
-    up = jnp.where(is_o, dh_new[:, None, :], dc_new[:, None, :])   # [B, 4, H]
-    dz = k * up.reshape(-1, 4 * hidden)
+    k_i, k_f, k_g, k_o = jnp.split(k, 4, axis=-1)
+    dz = jnp.concatenate([k_i * dc_new, k_f * dc_new, k_g * dc_new,
+                          k_o * dh_new], axis=-1)
     dh_prev = dz @ w_ht + jnp.where(m, zero, dh)
     dc_prev = dc_new * f + jnp.where(m, zero, dc)
     return (dc_prev, dh_prev), dz
 
   (dc0, dh0), dzs = jax.lax.scan(body, (dc_t, dh_t), (ks, js, fs, valid, d_hs),
                                  unroll=unroll, reverse=not reverse)
-  dw_h = jnp.einsum("tbh,tbg->hg", h_prev, dzs)
+  t, b = dzs.shape[:2]
+  h_prev = _h_prev(hs, valid, h0, reverse).reshape(t * b, hidden)
+  dw_h = h_prev.T @ dzs.reshape(t * b, 4 * hidden)
   return dw_h.astype(w_h.dtype), dzs, None, dc0, dh0
 
 
