@@ -27,15 +27,21 @@ PATIENT_CPU_COLLECTIVES = ("--xla_cpu_collective_call_terminate_timeout_seconds=
                            "--xla_cpu_collective_timeout_seconds=1800")
 
 
-def patient_cpu_collectives(environ=os.environ) -> None:
-  """Adds PATIENT_CPU_COLLECTIVES to XLA_FLAGS (keeping any value set there).
+def add_xla_flags(new_flags, environ=os.environ) -> None:
+  """Appends `new_flags` to XLA_FLAGS, except those whose name is set there
+  already (a value the user chose wins).
 
   Takes effect only before jax starts its backends (the first computation).
   """
   flags = environ.get("XLA_FLAGS", "").split()
   names = {f.split("=")[0] for f in flags}
-  flags += [f for f in PATIENT_CPU_COLLECTIVES if f.split("=")[0] not in names]
+  flags += [f for f in new_flags if f.split("=")[0] not in names]
   environ["XLA_FLAGS"] = " ".join(flags)
+
+
+def patient_cpu_collectives(environ=os.environ) -> None:
+  """Adds PATIENT_CPU_COLLECTIVES to XLA_FLAGS (keeping any value set there)."""
+  add_xla_flags(PATIENT_CPU_COLLECTIVES, environ)
 
 
 def serial_dispatch() -> bool:
@@ -73,16 +79,18 @@ def block_sharding(mesh: Mesh) -> NamedSharding:
 
 def global_block(local_block: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-process [K, local batch, ...] block -> global arrays (see pipeline)."""
-  sharding = block_sharding(mesh)
+  return _global_arrays(local_block, block_sharding(mesh))
+
+
+def _global_arrays(local: dict[str, np.ndarray], sharding: NamedSharding
+                   ) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_block.items()}
+          for k, v in local.items()}
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Per-process numpy batch -> global arrays sharded along 'data'."""
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  return _global_arrays(local_batch, batch_sharding(mesh))
 
 
 def to_host(tree: Any) -> Any:

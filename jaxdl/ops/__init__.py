@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 from jaxdl.ops.conv import conv_general_dilated, conv_transpose
 from jaxdl.ops.layers import ConvTranspose
@@ -87,12 +86,8 @@ def configure_cpu(*, eigen_convolutions: bool = True,
   if xla_bridge.backends_are_initialized():
     return False
   if eigen_convolutions:
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    for flag in CPU_XLA_FLAGS:
-      name = flag.split("=")[0]
-      if not any(f.split("=")[0] == name for f in flags):
-        flags.append(flag)
-    os.environ["XLA_FLAGS"] = " ".join(flags)
+    from jaxdl.parallel import add_xla_flags  # pylint: disable=g-import-not-at-top
+    add_xla_flags(CPU_XLA_FLAGS)
   if malloc:
     tune_malloc()
   if sync_dispatch:

@@ -12,7 +12,7 @@ only does what is truly sequential:
 
 and everything else is one product after the loop:
 
-    dW_h = sum_t h_{t-1}^T dz_t = einsum('tbh,tbg->hg', H_prev, dZ)   one GEMM
+    dW_h = sum_t h_{t-1}^T dz_t = H_prev^T dZ over all (t, b) rows     one GEMM
     d xs_proj = dZ                                                    no work
 
 The forward saves the gate derivatives already multiplied out (6H floats per
