@@ -555,3 +555,25 @@ def test_col2im_by_phase_equals_padded_adds(monkeypatch):
   conv_mod._conv_transpose_fn.cache_clear()
   got = _vjp_both(f, f, x, w)[0]
   _assert_close(got, want)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4, 1), (6, 7, 3), (6, 9), (6, 1), (6,)])
+def test_row_sum_and_mean_equal_jnp_with_grads(shape):
+  x = _randn(shape)
+  flat = lambda v: v.reshape((v.shape[0], -1))  # noqa: E731
+  for new, ref in ((ops.row_sum, lambda v: jnp.sum(flat(v), -1)),
+                   (ops.row_mean, lambda v: jnp.mean(flat(v), -1))):
+    f = lambda v, fn=new: fn(jnp.tanh(v) ** 2)  # noqa: E731
+    g = lambda v, fn=ref: fn(jnp.tanh(v) ** 2)  # noqa: E731
+    want, got = _vjp_both(g, f, x)
+    _assert_close(got, want, rtol=1e-6)
+
+
+def test_row_sum_is_a_product_on_cpu_not_a_reduction():
+  """What makes it fast: XLA:CPU gets a dot, with no reduce to fuse into a
+  YNNPACK reduction over an image's trailing 1-channel axis."""
+  x = jnp.ones((8, 28, 28, 1))
+  hlo = jax.jit(lambda v: ops.row_mean(jax.nn.sigmoid(v) - 0.5)).lower(x).compile().as_text()
+  ops_used = {line.split("=", 1)[1].split("(")[0].split()[-1]
+              for line in hlo.splitlines() if " = " in line and "(" in line}
+  assert "dot" in ops_used and "reduce" not in ops_used, ops_used

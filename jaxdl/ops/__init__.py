@@ -40,9 +40,10 @@ from jaxdl.ops.conv import conv_general_dilated, conv_transpose
 from jaxdl.ops.layers import ConvTranspose
 from jaxdl.ops.lstm import lstm_scan_fused
 from jaxdl.ops.pool import avg_pool, max_pool
+from jaxdl.ops.reduce import row_mean, row_sum
 
 __all__ = ["conv_general_dilated", "conv_transpose", "ConvTranspose",
-           "lstm_scan_fused", "max_pool", "avg_pool",
+           "lstm_scan_fused", "max_pool", "avg_pool", "row_sum", "row_mean",
            "tune_malloc", "configure_cpu", "CPU_XLA_FLAGS"]
 
 # XLA:CPU (jax 0.10) routes convolutions to YNNPACK fusions by default; those
