@@ -1,4 +1,4 @@
-"""Fast XLA:CPU lowerings of CNN ops (im2col convolution, reshape pooling).
+"""Fast XLA:CPU lowerings of hot ops: convolution, pooling, LSTM scan, row sums.
 
 Drop-ins for the lax / flax.linen functions, same signatures:
 
@@ -15,7 +15,9 @@ under YNNPACK it keeps im2col for inputs of <= 8 channels, where it wins:
 over plain layers with jax's defaults. `ops.conv_transpose` (GEMM + col2im by
 output phase; `ops.ConvTranspose` is the flax layer) makes a DCGAN generator's
 forward+backward 6x faster than `lax.conv_transpose`. `jaxdl.ops.lstm` is the
-LSTM scan with a matrix-product backward.
+LSTM scan with a matrix-product backward. `ops.row_sum` / `ops.row_mean`
+are per-example sums and means over images as a product with ones (XLA:CPU's
+own sum over [B, H, W, 1] is ~25x slower; `jaxdl/ops/reduce.py`).
 
 `tune_malloc()` removes a CPU cost that is not in the ops themselves: XLA:CPU
 allocates each executable's temporaries per run with posix_memalign; glibc
