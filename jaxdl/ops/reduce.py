@@ -13,6 +13,8 @@ the plain sum (`lax.platform_dependent`).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -37,7 +39,4 @@ def row_sum(x: jax.Array) -> jax.Array:
 
 def row_mean(x: jax.Array) -> jax.Array:
   """[B, ...] -> [B]: the mean of each example's elements."""
-  n = 1
-  for d in x.shape[1:]:
-    n *= d
-  return row_sum(x) / jnp.asarray(n, x.dtype)
+  return row_sum(x) / jnp.asarray(math.prod(x.shape[1:]), x.dtype)
