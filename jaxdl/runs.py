@@ -1,6 +1,7 @@
 """Reading a finished or running run back from its workdir.
 
-`load_config(workdir)` gives the resolved config the run saved;
+`load_config(workdir)` gives the resolved config the run saved (forced CPU
+fast paths read as 'auto': `jaxdl.ops.platform.platform_neutral`);
 `restore_state(workdir)` rebuilds the run (dataset, task, engine) on the
 devices of *this* process and restores its latest or best checkpoint, whatever
 topology saved it. Used by evaluation, prediction, export and the tests.
@@ -14,6 +15,7 @@ import os
 import ml_collections
 
 from jaxdl import checkpoint
+from jaxdl.ops import platform
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -22,7 +24,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise checkpoint.CheckpointError(
         f"{path} not found: {workdir} is not a jaxdl run folder; pass --workdir=DIR of a run")
   with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(platform.platform_neutral(json.load(f)))
 
 
 def restore_state(workdir: str, which: str = "latest", mesh=None, config=None):

@@ -10,7 +10,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "cifar10"
   c.model.name = "cnn"
   c.model.kwargs = ml_collections.ConfigDict(dict(
-      features=(32, 64, 64), dense=64, padding="VALID", conv_impl="fast"))
+      features=(32, 64, 64), dense=64, padding="VALID",
+      conv_impl="auto"))  # the fast lowering on CPU only (jaxdl.ops.platform)
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.batch_size = 128

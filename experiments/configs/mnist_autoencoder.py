@@ -15,7 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.batch_size = 128
-  c.batches_per_transfer = 16  # one host->device transfer per 16 steps (fast steps)
   c.num_epochs = 10
   c.log_every = 100
   c.ae = ml_collections.ConfigDict(dict(loss="bce", kl_weight=1.0, gaussian_var=0.1,

@@ -17,7 +17,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "cosine"
   c.batch_size = 64
-  c.batches_per_transfer = 16  # one host->device transfer per 16 steps (fast steps)
   c.num_epochs = 20                # 18740 steps: 2 x 2000 pretraining, the rest fine-tuning
   c.log_every = 200
   c.dbn = ml_collections.ConfigDict(dict(

@@ -13,7 +13,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.batch_size = 128
-  c.batches_per_transfer = 16  # one host->device transfer per 16 steps (fast steps)
   c.num_epochs = 5
   c.log_every = 200
   return c

@@ -46,15 +46,16 @@ class DenseAutoencoder(nn.Module):
 class ConvAutoencoder(nn.Module):
   """Conv f0/2, Conv f1/2, Dense latent, Dense, ConvT f0/2, ConvT C/2 (H, W % 4 == 0).
 
-  `conv_impl='fast'` (the default here, since no experiment config selects this
-  model: 2.9x the 'xla' step on CPU, see docs/performance.md) computes the same
-  layers and parameters through `jaxdl.ops`, as `dcgan_generator` does:
+  `conv_impl` 'auto' (the default: on CPU 2.9x the 'xla' step, see
+  docs/performance.md; flax's layers on other platforms) computes the same
+  layers and parameters through `jaxdl.ops` on CPU, as `dcgan_generator` does:
   transposed convolutions as one GEMM + col2im, convolutions by
-  `ops.conv_general_dilated`'s policy. 'xla' is flax's own layers.
+  `ops.conv_general_dilated`'s policy. 'fast' does so everywhere, 'xla' is
+  flax's own layers everywhere.
   """
   features: Sequence[int] = (32, 64)
   latent_dim: int = 32
-  conv_impl: str = "fast"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -120,7 +121,7 @@ def make_dense_autoencoder(hidden=(256,), latent_dim=32) -> Model:
   return from_flax(DenseAutoencoder(tuple(hidden), latent_dim), name="dense_autoencoder")
 
 
-def make_conv_autoencoder(features=(32, 64), latent_dim=32, conv_impl="fast") -> Model:
+def make_conv_autoencoder(features=(32, 64), latent_dim=32, conv_impl="auto") -> Model:
   return from_flax(ConvAutoencoder(tuple(features), latent_dim, conv_impl),
                    name="conv_autoencoder")
 

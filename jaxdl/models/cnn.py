@@ -1,9 +1,11 @@
 """The CIFAR CNN (Conv 32, MaxPool, Conv 64, MaxPool, Conv 64, Flatten, Dense 64,
 Dense 10) and a small CIFAR ResNet with batch norm.
 
-`conv_impl='fast'` routes `nn.Conv` and max-pooling through `jaxdl.ops`
-(im2col + one matrix product with a matrix-product backward, and reshape-max
-pooling): same layers, same parameters, a faster lowering on XLA:CPU.
+`conv_impl` 'auto' (the default) routes `nn.Conv` and max-pooling through
+`jaxdl.ops` on CPU (im2col + one matrix product with a matrix-product
+backward, and reshape-max pooling): same layers, same parameters, a faster
+lowering on XLA:CPU; other platforms get flax's layers. 'fast' forces the
+`jaxdl.ops` path everywhere, 'xla' flax's (`jaxdl.ops.platform`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class CNN(nn.Module):
   dense: int = 64
   num_classes: int = 10
   padding: str = "VALID"
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: str = "float32"
 
   @nn.compact
@@ -49,7 +51,7 @@ class CNN(nn.Module):
 class ResidualBlock(nn.Module):
   features: int
   strides: int = 1
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: str = "float32"
 
   @nn.compact
@@ -73,7 +75,7 @@ class ResNet(nn.Module):
   blocks_per_stage: int = 3
   width: int = 16
   num_classes: int = 10
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   dtype: str = "float32"
 
   @nn.compact
@@ -92,13 +94,13 @@ class ResNet(nn.Module):
 
 
 def make_cnn(features=(32, 64, 64), dense=64, num_classes=10, padding="VALID",
-             conv_impl="xla", dtype="float32") -> Model:
+             conv_impl="auto", dtype="float32") -> Model:
   """The Keras CIFAR-10 tutorial CNN; `padding='SAME'` fits small (8x8) images."""
   return from_flax(CNN(tuple(features), dense, num_classes, padding, conv_impl, dtype),
                    name="cnn")
 
 
-def make_resnet(blocks_per_stage=3, width=16, num_classes=10, conv_impl="xla",
+def make_resnet(blocks_per_stage=3, width=16, num_classes=10, conv_impl="auto",
                 dtype="float32") -> Model:
   return from_flax(ResNet(blocks_per_stage, width, num_classes, conv_impl, dtype),
                    name="resnet")

@@ -7,7 +7,9 @@ statistics live in the 'batch_stats' collection (the task's model_state).
 Discriminator: Conv f0 4x4/2 LeakyReLU -> Conv f1 4x4/2 LeakyReLU -> Dense 1:
 one logit per image, no batch norm (so D(real) and D(fake) do not couple).
 
-`conv_impl='fast'` (both nets) computes the same layers through `jaxdl.ops`:
+`conv_impl` 'auto' (the default, both nets) computes the same layers through
+`jaxdl.ops` on CPU and through flax's layers elsewhere; 'fast' uses `jaxdl.ops`
+everywhere (`jaxdl.ops.platform`). The `jaxdl.ops` path:
 transposed convolutions as one GEMM + col2im (no multiplications by the
 zeros XLA inserts between input pixels) and convolutions as im2col + GEMM,
 both with matrix-product gradients. Parameters, their names and the outputs
@@ -36,7 +38,7 @@ class Generator(nn.Module):
   output_shape: Sequence[int] = (28, 28, 1)
   batch_norm: bool = True
   kernel_size: int = 5
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z, *, train: bool):
@@ -63,7 +65,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
   features: Sequence[int] = (64, 128)
   negative_slope: float = 0.2
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -77,7 +79,7 @@ class Discriminator(nn.Module):
 
 
 def make_generator(features=(128, 64), output_shape=(28, 28, 1), batch_norm=True,
-                   kernel_size=5, conv_impl="xla") -> Model:
+                   kernel_size=5, conv_impl="auto") -> Model:
   """Example input for init: z of shape [B, latent_dim] (latent_dim 100 by default).
 
   The transposed convolutions dominate a CPU step (about 6x the discriminator's
@@ -89,7 +91,7 @@ def make_generator(features=(128, 64), output_shape=(28, 28, 1), batch_norm=True
 
 
 def make_discriminator(features=(64, 128), negative_slope=0.2,
-                       conv_impl="xla") -> Model:
+                       conv_impl="auto") -> Model:
   return from_flax(Discriminator(tuple(features), negative_slope, conv_impl),
                    name="dcgan_discriminator")
 

@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxdl.ops import platform
+
 __all__ = ["conv_general_dilated", "conv_transpose", "is_supported"]
 
 # How each pass is computed (read at trace time; scripts/bench_ops.py and the
@@ -71,7 +73,7 @@ COL2IM_PHASES = True
 # Input channels above which `conv_general_dilated` hands a (supported) conv to
 # `lax.conv_general_dilated` anyway; None = im2col for every supported conv;
 # 'auto' = measured best on XLA:CPU (scripts/benchmark.py, CIFAR CNN step):
-# with XLA's Eigen convolutions (`jaxdl.ops.configure_cpu()`) lax for every
+# with XLA's Eigen convolutions (`jaxdl.runtime.configure_cpu()`) lax for every
 # conv (0); with jax's default single-threaded YNNPACK convolutions im2col
 # only for thin inputs (<= 8 channels, e.g. RGB), where it wins most.
 IM2COL_MAX_CHANNELS = "auto"
@@ -87,13 +89,8 @@ MATERIALIZE_DW_INPUT = True
 
 
 def eigen_convolutions() -> bool:
-  """Whether XLA_FLAGS routes convolutions away from YNNPACK (see configure_cpu)."""
-  import os  # pylint: disable=g-import-not-at-top
-  for flag in os.environ.get("XLA_FLAGS", "").split():
-    name, _, value = flag.partition("=")
-    if name == "--xla_cpu_experimental_ynn_fusion_type":
-      return "-individual_convolution" in value.split(",")
-  return False
+  """Whether XLA:CPU runs convolutions with Eigen (see `ops.platform`)."""
+  return platform.cpu_convolutions() == "eigen"
 
 
 def _max_channels():

@@ -7,6 +7,10 @@ directly), so `ConvTranspose` here subclasses it and swaps only that call.
 The class keeps the name `ConvTranspose`, so flax's automatic module names
 (`ConvTranspose_0`, ...) and therefore the parameter trees are unchanged:
 a model can switch between the two without touching its checkpoints.
+
+`select(conv_impl)` gives a model its three layers for `conv_impl`: 'auto'
+(the fast paths on CPU, flax's own lowering elsewhere: `jaxdl.ops.platform`),
+'fast' (the fast paths everywhere) or 'xla' (flax's layers everywhere).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
-from jaxdl.configs import ConfigError
+from jaxdl.ops import platform
 from jaxdl.ops.conv import conv_general_dilated, conv_transpose
 from jaxdl.ops.pool import max_pool
 
@@ -24,22 +29,41 @@ __all__ = ["ConvTranspose", "select"]
 
 
 def select(conv_impl: str, setting: str):
-  """(Conv, ConvTranspose, max_pool) for a model's `conv_impl`: 'xla' (flax's
-  own layers) or 'fast' (the same layers and parameters through jaxdl.ops).
-  `setting` is the flag that sets it, for the error message."""
+  """(Conv, ConvTranspose, max_pool) for a model's `conv_impl`: 'auto', 'fast'
+  or 'xla' (module docstring). `setting` is the flag that sets it, for the
+  error message."""
+  platform.check_impl(conv_impl, "fast", "xla", setting)
   if conv_impl == "xla":
     return nn.Conv, nn.ConvTranspose, nn.max_pool
-  if conv_impl == "fast":
-    return (functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated),
-            ConvTranspose, max_pool)
-  raise ConfigError(f"unknown conv_impl {conv_impl!r}: choose 'xla' or 'fast' "
-                    f"({setting}=...)")
+  return (functools.partial(nn.Conv, conv_general_dilated=_conv(conv_impl)),
+          functools.partial(ConvTranspose, conv_impl=conv_impl),
+          functools.partial(_max_pool, conv_impl))
+
+
+def _conv(conv_impl: str):
+  """A `conv_general_dilated` hook for nn.Conv that dispatches on `conv_impl`."""
+
+  def conv(lhs, rhs, *args, **kwargs):
+    return platform.dispatch(
+        conv_impl, lambda x, w: conv_general_dilated(x, w, *args, **kwargs),
+        lambda x, w: lax.conv_general_dilated(x, w, *args, **kwargs), lhs, rhs)
+
+  return conv
+
+
+def _max_pool(conv_impl: str, inputs, window_shape, strides=None, padding="VALID"):
+  return platform.dispatch(
+      conv_impl, lambda x: max_pool(x, window_shape, strides, padding),
+      lambda x: nn.max_pool(x, window_shape, strides, padding), inputs)
 
 
 class ConvTranspose(nn.ConvTranspose):  # pylint: disable=missing-class-docstring
   __doc__ = ("`flax.linen.ConvTranspose` computed by `jaxdl.ops.conv_transpose` "
              "(GEMM + col2im) when the call is a plain one (one batch axis, no mask, "
-             "'SAME'/'VALID'/explicit padding); otherwise flax's own code.")
+             "'SAME'/'VALID'/explicit padding); otherwise flax's own code. "
+             "`conv_impl` 'auto' does so on CPU only (`jaxdl.ops.platform`).")
+
+  conv_impl: str = "fast"
 
   @nn.compact
   def __call__(self, inputs):
@@ -63,10 +87,16 @@ class ConvTranspose(nn.ConvTranspose):  # pylint: disable=missing-class-docstrin
             if self.use_bias else None)
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     padding = nn.linear.canonicalize_padding(self.padding, nsp)
-    y = conv_transpose(inputs, kernel, bcast(self.strides), padding,
-                       rhs_dilation=bcast(self.kernel_dilation),
-                       transpose_kernel=self.transpose_kernel,
-                       precision=self.precision)
+    strides, dilation = bcast(self.strides), bcast(self.kernel_dilation)
+    y = platform.dispatch(
+        self.conv_impl,
+        lambda x, w: conv_transpose(x, w, strides, padding, rhs_dilation=dilation,
+                                    transpose_kernel=self.transpose_kernel,
+                                    precision=self.precision),
+        lambda x, w: lax.conv_transpose(x, w, strides, padding, rhs_dilation=dilation,
+                                        transpose_kernel=self.transpose_kernel,
+                                        precision=self.precision),
+        inputs, kernel)
     if bias is not None:
       y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
     return y

@@ -8,7 +8,7 @@ YNNPACK reduction that is 15-25x slower when C is small (a sigmoid-MSE over
 and 0.14 ms as this product; C = 3: 1.9 ms). Reshaping to [B, -1] first does
 not help: XLA moves the reshape past the elementwise ops and folds it into
 the reduction. The dot has no such pattern to fold. On other backends it is
-the plain sum (`lax.platform_dependent`).
+the plain sum (`jaxdl.ops.platform.dispatch`, 'auto').
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxdl.ops import platform
 
 __all__ = ["row_sum", "row_mean"]
 
@@ -33,8 +35,7 @@ def row_sum(x: jax.Array) -> jax.Array:
   x2 = x.reshape((x.shape[0], -1))
   if x2.shape[1] == 1:
     return x2[:, 0]
-  return lax.platform_dependent(x2, cpu=_dot_ones,
-                                default=lambda v: jnp.sum(v, -1))
+  return platform.dispatch(platform.AUTO, _dot_ones, lambda v: jnp.sum(v, -1), x2)
 
 
 def row_mean(x: jax.Array) -> jax.Array:

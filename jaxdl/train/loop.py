@@ -41,6 +41,7 @@ import numpy as np
 from jaxdl import checkpoint, configs, lock, parallel, plots, summary as model_summary
 from jaxdl import logging as jlog
 from jaxdl.data import DataError, load_dataset, pipeline
+from jaxdl.ops import platform
 from jaxdl.tasks import build_task
 from jaxdl.train.engine import Engine, checked_metrics
 
@@ -151,7 +152,8 @@ class Run:
         process_index=self.pindex, process_count=self.pcount,
         crop_padding=aug.get("crop_padding", 0), flip=aug.get("flip", False),
         mean=self.mean, std=self.std,
-        batches_per_transfer=self.config.get("batches_per_transfer", 1))
+        batches_per_transfer=platform.batches_per_transfer(
+            self.config.get("batches_per_transfer", 1), jax.default_backend()))
 
   def abstract_state(self):
     return checkpoint.abstract_with_shardings(self.engine.abstract_state,

@@ -1,0 +1,223 @@
+"""Platform-clean core: CPU fast paths on CPU only, plain lowerings elsewhere.
+
+Every registered model is built with its experiment's config ('auto'
+implementations), its train step exported from this CPU machine for CUDA and
+for TPU (`jax.export`), and the StableHLO compared with the same step built
+with the plain implementations ('xla', 'autodiff'). jax lowers the
+`platform_dependent` selector of a single-platform export as a one-branch
+`stablehlo.case` on a constant; MLIR's canonicalizer inlines it (as XLA does),
+and after that the two modules must hold the same operations: no conditional
+from the conv path (`ops.conv._opaque`), no im2col GEMM for a convolution, the
+LSTM as the plain scan. On CPU, 'auto' compiles to exactly the fast path: the
+same parameters bit for bit after training steps.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxdl import models
+from jaxdl.data.sources import ArraySource
+from jaxdl.data.text import TextArraySource
+from jaxdl.ops import platform
+from jaxdl.train import loop
+
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "digits": (8, 8, 1),
+                "cifar10": (32, 32, 3), "image_folder": (32, 32, 3)}
+
+
+def _synthetic_dataset(config, n=64):
+  """(train, test, info) of zeros/small ints shaped like `config.dataset`."""
+  rng = np.random.default_rng(0)
+  if config.dataset in IMAGE_SHAPES:
+    shape = IMAGE_SHAPES[config.dataset]
+    x = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
+    y = (np.arange(n) % 10).astype(np.int32)
+    info = {"num_classes": 10, "input_shape": shape, "name": config.dataset,
+            "class_names": [str(i) for i in range(10)]}
+    return ArraySource(x, y), ArraySource(x, y), info
+  vocab, maxlen = config.get("num_words", 10000), config.get("maxlen", 100)
+  x = rng.integers(1, vocab, (n, maxlen), dtype=np.int32)
+  y = (np.arange(n) % 2).astype(np.int32)
+  info = {"num_classes": 2, "vocab_size": vocab, "maxlen": maxlen}
+  return TextArraySource(x, y), TextArraySource(x, y), info
+
+
+def _experiment_config(name, **overrides):
+  c = importlib.import_module(f"experiments.configs.{name}").get_config()
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.num_epochs = 0
+  c.num_steps = 4
+  c.tensorboard = False
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+# (experiment config, overrides): together they build every registered model.
+CASES = {
+    "mnist_mlp": ("mnist_mlp", {}),
+    "cifar_cnn": ("cifar_cnn", {}),
+    "resnet": ("cifar_cnn", {"model.name": "resnet", "model.kwargs":
+                             ml_collections.ConfigDict({"blocks_per_stage": 1,
+                                                        "conv_impl": "auto"})}),
+    "imdb_lstm": ("imdb_lstm", {}),
+    "imdb_transformer": ("imdb_transformer", {}),
+    "mnist_gan": ("mnist_gan", {}),
+    "mnist_dbn": ("mnist_dbn", {"dbn.pretrain_steps": 1}),
+    "mnist_autoencoder": ("mnist_autoencoder", {}),
+    "conv_autoencoder": ("mnist_autoencoder", {
+        "model.name": "conv_autoencoder",
+        "model.kwargs": ml_collections.ConfigDict({"conv_impl": "auto"})}),
+    "vae": ("mnist_autoencoder", {"task": "vae", "model.name": "vae"}),
+}
+try:
+  importlib.import_module("experiments.configs.imdb_lm")
+  CASES["imdb_lm"] = ("imdb_lm", {})
+except ModuleNotFoundError:
+  pass
+
+
+def _plain(config):
+  """The same config with every implementation field set to its plain form."""
+  plain = {"conv_impl": "xla", "scan_impl": "autodiff"}
+
+  def walk(node):
+    for key in list(node.keys()):
+      if key in plain:
+        node[key] = plain[key]
+      elif isinstance(node[key], ml_collections.ConfigDict):
+        walk(node[key])
+  c = ml_collections.ConfigDict(config.to_dict())
+  walk(c)
+  return c
+
+
+def _run(config, workdir, monkeypatch):
+  monkeypatch.setattr(loop, "load_dataset", lambda c, w: _synthetic_dataset(c))
+  return loop.Run(config, str(workdir))
+
+
+def _abstract_batch(run):
+  batch = run.batches(0)
+  return {k: jax.ShapeDtypeStruct((v.shape[0] * run.pcount,) + v.shape[1:], v.dtype,
+                                  sharding=run.engine.batch_sharding)
+          for k, v in batch.items()}
+
+
+def _canonical_ops(text: str) -> collections.Counter:
+  """Op histogram of a StableHLO module after MLIR's canonicalizer."""
+  from jax._src.interpreters import mlir as jmlir  # pylint: disable=g-import-not-at-top
+  from jax._src.lib.mlir import ir, passmanager  # pylint: disable=g-import-not-at-top
+  with jmlir.make_ir_context():
+    module = ir.Module.parse(text)
+    passmanager.PassManager.parse("builtin.module(canonicalize)").run(module.operation)
+    text = str(module)
+  return collections.Counter(re.findall(r"\b(stablehlo\.[a-z_]+)\b", text))
+
+
+def _export_ops(run, platforms):
+  state = run.abstract_state()
+  exported = jax.export.export(run.engine.train_step, platforms=platforms)(
+      state, _abstract_batch(run))
+  return exported.mlir_module()
+
+
+def test_every_registered_model_has_a_case(tmp_path, monkeypatch):
+  built = set()
+  for exp, overrides in CASES.values():
+    config = _experiment_config(exp, **overrides)
+    names = {config.model.get("name")}
+    if config.get("task") == "gan":
+      names |= {config.gan.generator, config.gan.discriminator}
+    if config.get("task") in ("dbn", "rbm"):
+      names |= {"rbm", "dbn_classifier"}
+    built |= names
+  assert set(models.registry()) <= built, (
+      f"models without an export case: {sorted(set(models.registry()) - built)}; "
+      "add one to CASES")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_accelerator_export_is_the_plain_lowering(case, tmp_path, monkeypatch):
+  exp, overrides = CASES[case]
+  config = _experiment_config(exp, **overrides)
+  auto_run = _run(config, tmp_path / "auto", monkeypatch)
+  plain_run = _run(_plain(config), tmp_path / "plain", monkeypatch)
+  for platforms in (("cuda",), ("tpu",)):
+    auto_text = _export_ops(auto_run, platforms)
+    plain_text = _export_ops(plain_run, platforms)
+    auto, plain = _canonical_ops(auto_text), _canonical_ops(plain_text)
+    assert auto["stablehlo.convolution"] == plain["stablehlo.convolution"], platforms
+    # Conditionals only where the model has them (the DBN's phase switch).
+    assert auto["stablehlo.case"] == plain["stablehlo.case"], platforms
+    assert auto == plain, (platforms, {k: (auto[k], plain[k]) for k in auto | plain
+                                       if auto[k] != plain[k]})
+
+
+def test_fast_paths_are_exported_for_cpu(tmp_path, monkeypatch):
+  """The check above can fail: for CPU, 'auto' lowers to the fast paths."""
+  config = _experiment_config("cifar_cnn")
+  auto = _canonical_ops(_export_ops(_run(config, tmp_path / "a", monkeypatch), ("cpu",)))
+  plain = _canonical_ops(_export_ops(_run(_plain(config), tmp_path / "p", monkeypatch),
+                                     ("cpu",)))
+  assert auto != plain
+
+
+def _train_params(config, workdir):
+  config.async_checkpoints = False
+  config.eval_every = config.num_steps
+  loop.train_and_evaluate(config, str(workdir))
+  from jaxdl import runs  # pylint: disable=g-import-not-at-top
+  _, state, _ = runs.restore_state(str(workdir), config=config)
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+@pytest.mark.parametrize("exp,field,forced", [("cifar_cnn", "conv_impl", "fast"),
+                                              ("imdb_lstm", "scan_impl", "fused")])
+def test_auto_trains_bit_for_bit_like_the_forced_cpu_path(exp, field, forced, tmp_path,
+                                                          monkeypatch):
+  monkeypatch.setattr(loop, "load_dataset", lambda c, w: _synthetic_dataset(c))
+  config = _experiment_config(exp)
+  assert config.model.kwargs.get(field, "auto") == "auto"
+  got = _train_params(config, tmp_path / "auto")
+  forced_config = _experiment_config(exp)
+  forced_config.model.kwargs[field] = forced
+  want = _train_params(forced_config, tmp_path / "forced")
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_batches_per_transfer_auto_is_per_backend():
+  assert platform.batches_per_transfer("auto", "cpu") == platform.CPU_BATCHES_PER_TRANSFER
+  assert platform.batches_per_transfer("auto", "gpu") == 1
+  assert platform.batches_per_transfer("auto", "tpu") == 1
+  assert platform.batches_per_transfer(4, "cpu") == 4
+
+
+def test_saved_forced_fast_paths_read_as_auto():
+  cfg = {"model": {"kwargs": {"conv_impl": "fast", "scan_impl": "fused", "x": "fast"}},
+         "gan": {"generator_kwargs": {"conv_impl": "xla"}}}
+  got = platform.platform_neutral(cfg)
+  assert got == {"model": {"kwargs": {"conv_impl": "auto", "scan_impl": "auto", "x": "fast"}},
+                 "gan": {"generator_kwargs": {"conv_impl": "xla"}}}
+
+
+def test_unknown_impl_is_one_config_error():
+  from jaxdl.configs import ConfigError  # pylint: disable=g-import-not-at-top
+  model = models.get_model("cnn", conv_impl="quick")
+  with pytest.raises(ConfigError, match="conv_impl 'quick'.*'auto'"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
