@@ -158,10 +158,8 @@ def tool_main(body) -> None:
   def main(argv):
     if not flags.FLAGS["verbosity"].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
-    from jaxdl import ops  # pylint: disable=g-import-not-at-top
-    ops.configure_cpu()  # the XLA:CPU setup training runs with (jaxdl.experiment)
-    from jaxdl.experiment import enable_compilation_cache  # pylint: disable=g-import-not-at-top
-    enable_compilation_cache("")  # $JAXDL_COMPILATION_CACHE or ~/.cache/jaxdl/xla
+    from jaxdl import runtime  # pylint: disable=g-import-not-at-top
+    runtime.setup()  # the process setup training runs with (jaxdl.experiment)
     from jaxdl.configs import ConfigError  # pylint: disable=g-import-not-at-top
     from jaxdl.data.errors import DataError  # pylint: disable=g-import-not-at-top
     try:

@@ -22,31 +22,6 @@ EXIT_USAGE = 2
 EXIT_ERROR = 1
 
 
-def enable_compilation_cache(cache_dir: str | None) -> str | None:
-  """JAX's persistent compilation cache: a warm cache skips XLA compiles.
-
-  `cache_dir` '' -> $JAXDL_COMPILATION_CACHE or ~/.cache/jaxdl/xla; 'none' -> off.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  if cache_dir == "none":
-    return None
-  if jax.process_count() > 1 and jax.default_backend() == "cpu":
-    # Measured here (jax 0.10.2): with the persistent cache, multi-process CPU
-    # runs deadlock in their first collectives (one process loads a cached
-    # executable while the other compiles). CPU clusters are for tests; skip it.
-    return None
-  cache_dir = cache_dir or os.environ.get("JAXDL_COMPILATION_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "jaxdl", "xla")
-  try:
-    os.makedirs(cache_dir, exist_ok=True)
-  except OSError:
-    return None  # a read-only home must not stop training; compiles just aren't cached
-  jax.config.update("jax_compilation_cache_dir", cache_dir)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return cache_dir
-
-
 def _define_flags(default_config: str) -> None:
   if "workdir" in flags.FLAGS:
     return
@@ -59,9 +34,9 @@ def _define_flags(default_config: str) -> None:
   flags.DEFINE_integer("num_processes", None, "jax.distributed process count")
   flags.DEFINE_integer("process_id", None, "jax.distributed process id")
   flags.DEFINE_integer("num_cpu_devices", None, "simulated CPU devices in this process")
-  flags.DEFINE_bool("tune_cpu", True, "jaxdl.ops.configure_cpu(): XLA's multi-threaded "
-                    "convolutions, a malloc that keeps freed memory and synchronous CPU "
-                    "dispatch (see docs/performance.md)")
+  flags.DEFINE_bool("tune_cpu", True, "on a CPU backend only, jaxdl.runtime.configure_cpu(): "
+                    "XLA's multi-threaded convolutions, a malloc that keeps freed memory "
+                    "and synchronous CPU dispatch (see docs/performance.md)")
 
 
 def _parse(argv):
@@ -81,17 +56,12 @@ def _main(argv) -> None:
   FLAGS = flags.FLAGS
   if not FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-  if FLAGS.tune_cpu:
-    from jaxdl import ops  # pylint: disable=g-import-not-at-top
-    ops.configure_cpu()  # before jax starts its backends
+  from jaxdl import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup(coordinator_address=FLAGS.coordinator_address,
+                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                num_cpu_devices=FLAGS.num_cpu_devices,
+                compilation_cache=FLAGS.compilation_cache, tune_cpu=FLAGS.tune_cpu)
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxdl import parallel  # pylint: disable=g-import-not-at-top
-  parallel.patient_cpu_collectives()
-  if FLAGS.num_cpu_devices:
-    jax.config.update("jax_num_cpu_devices", FLAGS.num_cpu_devices)
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
-  enable_compilation_cache(FLAGS.compilation_cache)
   from jaxdl.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from jaxdl.configs import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxdl.data.errors import DataError  # pylint: disable=g-import-not-at-top

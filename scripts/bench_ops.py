@@ -16,7 +16,7 @@ in turn (A B C A B C ...): each row sees the same load. Rows give the median
 and the min-max of the windows; the min is the least-disturbed figure.
 `--quiet_wait S` additionally waits (up to S s) before each window for the
 other processes to go idle. XLA flags must be set before jax starts:
-`--xla_flags` is copied into XLA_FLAGS at import. jaxdl.ops.tune_malloc() is
+`--xla_flags` is copied into XLA_FLAGS at import. jaxdl.runtime.tune_malloc() is
 applied unless `--malloc default` (see jaxdl/ops/__init__.py for why).
 
   python scripts/bench_ops.py [--windows 9] [--padding SAME] [--only step] \
@@ -49,7 +49,7 @@ _parser.add_argument("--im2col", default=None,
                      choices=["auto", "concat", "axiswise"])
 _parser.add_argument("--save_patches", default=None, choices=["0", "1"])
 _parser.add_argument("--malloc", default="tuned", choices=["tuned", "default"],
-                     help="tuned: jaxdl.ops.tune_malloc() before jax starts")
+                     help="tuned: jaxdl.runtime.tune_malloc() before jax starts")
 _parser.add_argument("--quiet_wait", type=float, default=0.0,
                      help="before each timed window wait up to this many "
                      "seconds for the other processes' CPU use to drop below "
@@ -72,10 +72,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jaxdl import ops  # noqa: E402
+from jaxdl import ops, runtime  # noqa: E402
 from jaxdl.ops import conv as conv_mod  # noqa: E402
 
-MALLOC_TUNED = ops.tune_malloc() if ARGS.malloc == "tuned" else False
+MALLOC_TUNED = runtime.tune_malloc() if ARGS.malloc == "tuned" else False
 
 if ARGS.fwd_mode:
   conv_mod.FWD_MODE = ARGS.fwd_mode

@@ -5,7 +5,7 @@
     python scripts/benchmark.py --compare        # + PyTorch CPU, eager and torch.compile
     python scripts/benchmark.py --pipeline       # + MNIST grain pipeline vs device batches
     python scripts/benchmark.py --experiments    # + first-step compile time per experiment
-    python scripts/benchmark.py --cpu=tuned      # jaxdl.ops.configure_cpu() first
+    python scripts/benchmark.py --cpu=tuned      # jaxdl.runtime.configure_cpu() first
 
 For each model: examples/s (tokens/s for sequence models) of the compiled,
 donated train step (jaxdl.train.engine.Engine, the same step experiments run),
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--experiments", action="store_true",
                  help="first-step compile time of every experiments/configs/*.py")
   p.add_argument("--cpu", default="default", choices=["default", "tuned"],
-                 help="tuned: jaxdl.ops.configure_cpu() before jax starts")
+                 help="tuned: jaxdl.runtime.configure_cpu() before jax starts")
   p.add_argument("--peak_n", type=int, default=2048, help="matmul size for the peak")
   return p
 
@@ -481,8 +481,8 @@ def _fmt(v, spec=",.0f"):
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   if args.cpu == "tuned":
-    from jaxdl import ops  # pylint: disable=g-import-not-at-top
-    ops.configure_cpu()
+    from jaxdl import runtime  # pylint: disable=g-import-not-at-top
+    runtime.configure_cpu()
   import jax  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(jax.devices()[:1])

@@ -5,9 +5,9 @@ import pathlib
 
 import jax
 
-from jaxdl import parallel
+from jaxdl import runtime
 
-parallel.patient_cpu_collectives()  # in-process tests and every subprocess they start
+runtime.patient_cpu_collectives()  # in-process tests and every subprocess they start
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_platforms", "cpu")
 

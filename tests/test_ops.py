@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxdl import ops
+from jaxdl import ops, runtime
 from jaxdl.ops import conv as conv_mod
 from jaxdl.ops import pool as pool_mod
 
@@ -386,13 +386,13 @@ def test_tune_malloc_applies_on_glibc():
   import platform  # pylint: disable=g-import-not-at-top
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     pytest.skip("mallopt is glibc-only")
-  assert ops.tune_malloc() is True
+  assert runtime.tune_malloc() is True
 
 
 def test_configure_cpu_is_refused_after_backend_start(monkeypatch):
   jax.devices()  # the test session's backend is up
   monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
-  assert ops.configure_cpu() is False
+  assert runtime.configure_cpu() is False
   assert os.environ["XLA_FLAGS"] == "--xla_foo=1"
 
 
@@ -400,10 +400,10 @@ def test_configure_cpu_appends_flags_once(monkeypatch):
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
   monkeypatch.setenv("XLA_FLAGS", "--xla_foo=1")
-  assert ops.configure_cpu(malloc=False, sync_dispatch=False) is True
-  assert ops.configure_cpu(malloc=False, sync_dispatch=False) is True
+  assert runtime.configure_cpu(malloc=False, sync_dispatch=False) is True
+  assert runtime.configure_cpu(malloc=False, sync_dispatch=False) is True
   flags = os.environ["XLA_FLAGS"].split()
-  assert flags == ["--xla_foo=1", *ops.CPU_XLA_FLAGS]
+  assert flags == ["--xla_foo=1", *runtime.CPU_XLA_FLAGS]
 
 
 def test_configure_cpu_turns_off_async_cpu_dispatch(monkeypatch):
@@ -411,7 +411,7 @@ def test_configure_cpu_turns_off_async_cpu_dispatch(monkeypatch):
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
   before = jax.config.read("jax_cpu_enable_async_dispatch")
   try:
-    assert ops.configure_cpu(eigen_convolutions=False, malloc=False) is True
+    assert runtime.configure_cpu(eigen_convolutions=False, malloc=False) is True
     assert jax.config.read("jax_cpu_enable_async_dispatch") is False
   finally:
     jax.config.update("jax_cpu_enable_async_dispatch", before)
@@ -527,14 +527,18 @@ def test_lstm_classifier_fused_same_params_outputs_and_grads():
 
 def test_im2col_channel_policy(monkeypatch):
   """'auto': lax for every conv under Eigen convolutions, im2col up to 8
-  input channels under YNNPACK; the result is the same either way."""
+  input channels under YNNPACK; the result is the same either way. The kernels
+  are read from XLA_FLAGS once (import, configure_cpu), never while tracing."""
   monkeypatch.setattr(conv_mod, "IM2COL_MAX_CHANNELS", "auto")
-  flag = ops.CPU_XLA_FLAGS[0]
-  monkeypatch.setenv("XLA_FLAGS", flag)
+  flag = runtime.CPU_XLA_FLAGS[0]
+  assert ops.platform.convolutions_in(flag) == "eigen"
+  assert ops.platform.convolutions_in(flag + ",-individual_dot") == "eigen"  # a longer list
+  assert ops.platform.convolutions_in("") == "ynnpack"
+  monkeypatch.setattr(ops.platform, "_cpu_convolutions", "eigen")
+  monkeypatch.setenv("XLA_FLAGS", "")  # not read while tracing
   assert conv_mod.eigen_convolutions() and conv_mod._max_channels() == 0
-  monkeypatch.setenv("XLA_FLAGS", flag + ",-individual_dot")  # a longer list
-  assert conv_mod.eigen_convolutions()
-  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setattr(ops.platform, "_cpu_convolutions", "ynnpack")
+  monkeypatch.setenv("XLA_FLAGS", flag)
   assert not conv_mod.eigen_convolutions() and conv_mod._max_channels() == 8
   x, w = _randn((2, 6, 6, 9)), _randn((3, 3, 9, 4), 1)
   jaxpr = str(jax.make_jaxpr(lambda x, w: ops.conv_general_dilated(

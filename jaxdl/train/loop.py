@@ -57,6 +57,11 @@ class NonFiniteError(FloatingPointError):
 def prepare_workdir(workdir: str) -> str:
   if not workdir:
     raise WorkdirError("no workdir given; pass --workdir=DIR (the run's folder)")
+  if "://" in workdir:
+    # The lock (O_EXCL), atomic renames and appends need a POSIX filesystem.
+    raise WorkdirError(f"--workdir={workdir}: jaxdl writes its run folder with local "
+                       "file operations; pass a local or shared POSIX path (a "
+                       "bucket mounted with gcsfuse or similar works)")
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     os.makedirs(workdir, exist_ok=True)
