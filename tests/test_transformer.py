@@ -132,3 +132,34 @@ def test_too_long_sequence_raises():
                     num_heads=2, num_layers=1, mlp_dim=8, max_len=4)
   with pytest.raises(ValueError, match="max_len"):
     model.init(jax.random.key(0), np.ones((1, 5), np.int32))
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
+def test_lm_never_sees_later_tokens_with_leading_and_inner_pads(positions):
+  """No position's logits depend on a later token, whatever the padding.
+
+  A pad query row used to have no allowed key (the padding mask removes every
+  earlier key) and then attended uniformly to all keys, future ones included:
+  position 1 of [0, 0, a, ...] saw `a`, the very token its loss predicts.
+  """
+  vocab, t = 13, 8
+  model = get_model("transformer_lm", vocab_size=vocab, d_model=16,
+                    num_heads=2, num_layers=2, mlp_dim=32, max_len=16,
+                    positions=positions)
+  rs = np.random.RandomState(3)
+  tokens = rs.randint(1, vocab, (4, t)).astype(np.int32)
+  tokens[0, :2] = 0         # leading pads: [0, 0, a, ...]
+  tokens[1, 3:5] = 0        # inner pads
+  tokens[2, :1] = 0         # a leading and an inner pad
+  tokens[2, 4] = 0
+  variables = jax.jit(model.init)(jax.random.key(0), tokens)
+  apply = jax.jit(lambda v, x: model.apply(v, x)[0])
+  base = np.asarray(apply(variables, tokens))
+  for cut in range(t - 1):
+    # Everything after `cut` changes: real tokens to other real tokens, pads
+    # to real tokens.
+    changed = tokens.copy()
+    changed[:, cut + 1:] = rs.randint(1, vocab, (4, t - cut - 1))
+    got = np.asarray(apply(variables, changed))
+    np.testing.assert_allclose(got[:, :cut + 1], base[:, :cut + 1], atol=1e-5,
+                               err_msg=f"logits at positions <= {cut} moved")

@@ -9,7 +9,9 @@ of arrays so it can be tested and reused alone; projections are
 Token ids are int [B, T] with 0 = padding. Padding is masked as keys (no query
 attends to a padding token), and the classifier mean-pools over real tokens
 only, so appending padding changes nothing. The causal LM combines the padding
-mask with a lower-triangular one; position t then depends on tokens <= t only.
+mask with a lower-triangular one and always lets a query see itself
+(`causal_padding_mask`): a pad query then has one allowed key instead of none,
+so position t depends on tokens <= t only, wherever the pads are.
 """
 
 from __future__ import annotations
@@ -64,6 +66,23 @@ def padding_mask(tokens: jax.Array) -> jax.Array:
 def causal_mask(t: int) -> jax.Array:
   """[1, 1, T, T] bool lower-triangular: query q may see keys k <= q."""
   return jnp.tril(jnp.ones((t, t), jnp.bool_))[None, None]
+
+
+def causal_padding_mask(tokens: jax.Array,
+                        query_positions: jax.Array | None = None) -> jax.Array:
+  """[B, 1, Tq, Tk] bool: earlier real keys, and the query itself.
+
+  The diagonal is allowed even for a pad: a pad query with no allowed key
+  would attend uniformly to every key, later ones included (a leak into the
+  next-token logits at pad positions). `tokens` [B, Tk] are the keys;
+  `query_positions` [Tq] default to all of them (0..Tk-1).
+  """
+  k_pos = jnp.arange(tokens.shape[1])
+  q_pos = k_pos if query_positions is None else query_positions
+  earlier = k_pos[None, :] <= q_pos[:, None]
+  itself = k_pos[None, :] == q_pos[:, None]
+  real = (tokens != 0)[:, None, :]
+  return jnp.logical_and(earlier[None], jnp.logical_or(real, itself[None]))[:, None]
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
@@ -167,9 +186,8 @@ class Encoder(nn.Module):
     else:
       pos = jnp.asarray(sinusoidal_positions(t, self.d_model))[None]
     x = self.drop(x + pos.astype(x.dtype), deterministic=not train)
-    mask = padding_mask(tokens)
-    if self.causal:
-      mask = jnp.logical_and(mask, causal_mask(t))
+    mask = (causal_padding_mask(tokens) if self.causal
+            else padding_mask(tokens))
     for block in self.blocks:
       x = block(x, mask, train=train)
     return self.ln_final(x)
