@@ -13,8 +13,15 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "classification"
   c.dataset = "digits"
-  c.data_dir = ""  # where the official files are (mnist, cifar10, imdb, tfds)
+  c.data_dir = ""  # where the official files are (mnist, cifar10, imdb, tfds) or your folders
   c.tfds_name = ""
+  # image_folder: decoded arrays are cached here ('' = $XDG_CACHE_HOME/jaxdl/datasets
+  # or ~/.cache/jaxdl/datasets, 'none' = no cache); image_size=H,W resizes every
+  # image (() keeps the stored size); color_mode 'grayscale' / 'rgb' converts every
+  # image ('' keeps the stored mode, which must then be the same for all).
+  c.cache_dir = ""
+  c.image_size = ()
+  c.color_mode = ""
   c.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": ml_collections.ConfigDict()})
   c.loss = "softmax_cross_entropy"
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -85,6 +92,14 @@ def validate(config, num_devices: int = 1) -> None:
     raise ConfigError(f"nonfinite={config.nonfinite!r}: choose 'stop' (end the run at "
                       "a NaN/Inf loss) or 'skip' (drop that update); pass "
                       "--config.nonfinite=stop")
+  size = config.get("image_size", ()) or ()
+  if size and not (len(size) == 2 and all(
+      isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+    raise ConfigError(f"image_size={tuple(size)!r} must be H,W (two positive integers) or "
+                      "() to keep the stored size; pass e.g. --config.image_size=32,32")
+  if config.get("color_mode", "") not in ("", "grayscale", "rgb"):
+    raise ConfigError(f"color_mode={config.color_mode!r}: choose '' (as stored), "
+                      "'grayscale' or 'rgb' (--config.color_mode=...)")
   if config.get("dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"dtype={config.dtype!r}: choose float32 or bfloat16 "
                       "(--config.dtype=...)")

@@ -87,9 +87,9 @@ def reference_images(config: Any, split: str = "test"
   name = config.get("dataset", None) if hasattr(config, "get") else None
   if not name:
     return None
-  from jaxdl.data import sources  # pylint: disable=g-import-not-at-top
+  from jaxdl.data import image_options, sources  # pylint: disable=g-import-not-at-top
   train, test, _ = sources.load_image_dataset(name, config.get("data_dir", ""),
-                                              tfds_name=config.get("tfds_name", None) or None)
+                                              **image_options(config))
   src = train if split == "train" else test
   x, y = src.arrays
   x = np.asarray(x)

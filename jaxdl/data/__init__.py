@@ -2,15 +2,24 @@
 
 `load_dataset(config, workdir) -> (train, test, info)` dispatches on
 `config.dataset`: 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'imdb',
-'tfds' (with `config.tfds_name`) or 'synthetic'.
+'tfds' (with `config.tfds_name`), 'image_folder' and 'text_folder' (your own
+`data_dir/{train,test}/<class>/*` folders) or 'synthetic'.
 """
 
 from __future__ import annotations
 
 from jaxdl.data.errors import DataError
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "tfds")
-TEXT_DATASETS = ("imdb",)
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "tfds", "image_folder")
+TEXT_DATASETS = ("imdb", "text_folder")
+
+
+def image_options(config) -> dict:
+  """`load_image_dataset`'s keyword arguments from the config's data fields."""
+  return {"tfds_name": config.get("tfds_name") or None,
+          "image_size": tuple(config.get("image_size") or ()) or None,
+          "color_mode": config.get("color_mode", ""),
+          "cache_dir": config.get("cache_dir", "")}
 
 
 def load_dataset(config, workdir: str):
@@ -18,14 +27,16 @@ def load_dataset(config, workdir: str):
   data_dir = config.get("data_dir", "")
   if name in IMAGE_DATASETS:
     from jaxdl.data import sources  # pylint: disable=g-import-not-at-top
-    return sources.load_image_dataset(name, data_dir, tfds_name=config.get("tfds_name") or None)
+    return sources.load_image_dataset(name, data_dir, **image_options(config))
   if name in TEXT_DATASETS:
     from jaxdl.data import text  # pylint: disable=g-import-not-at-top
-    return text.load_imdb(data_dir, workdir, num_words=config.get("num_words", 10000),
-                          maxlen=config.get("maxlen", 100),
-                          source=config.get("imdb_source", "archive"))
+    kwargs = dict(num_words=config.get("num_words", 10000), maxlen=config.get("maxlen", 100))
+    if name == "text_folder":
+      return text.load_text_folder(data_dir, workdir, **kwargs)
+    return text.load_imdb(data_dir, workdir, source=config.get("imdb_source", "archive"),
+                          **kwargs)
   raise DataError(f"unknown dataset {name!r}: choose one of "
                   f"{sorted(IMAGE_DATASETS + TEXT_DATASETS)} (--config.dataset=...)")
 
 
-__all__ = ["DataError", "load_dataset"]
+__all__ = ["DataError", "image_options", "load_dataset"]

@@ -12,6 +12,9 @@ pipeline gathers a batch with one fancy index instead of per-example reads.
   fashion_mnist  same layout as mnist.
   cifar10        the official `cifar-10-binary.tar.gz` in `data_dir`.
   tfds           any tfds dataset already prepared in array_record format.
+  image_folder   your own images in `data_dir/{train,test}/<class>/*`
+                 (PNG, JPEG, BMP), decoded once and cached on disk; see
+                 `jaxdl.data.folders`.
 
 Files are checked against their published sha256 once per process (hashing
 is the slow part of a warm start) and parsed arrays are cached per process,
@@ -71,7 +74,7 @@ CIFAR10_META = "batches.meta.txt"
 DIGIT_NAMES = [str(i) for i in range(10)]
 FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-DATASETS = ("cifar10", "digits", "fashion_mnist", "mnist", "tfds")
+DATASETS = ("cifar10", "digits", "fashion_mnist", "mnist", "tfds", "image_folder")
 
 _FLAG = "--config.data_dir=DIR"
 
@@ -441,18 +444,23 @@ def _info(name: str, input_shape: Sequence[int], class_names: Sequence[str],
 
 def load_image_dataset(name: str, data_dir: str | None, *,
                        tfds_name: str | None = None,
-                       tfds_splits: tuple[str, str] = ("train", "test")):
+                       tfds_splits: tuple[str, str] = ("train", "test"),
+                       image_size: Sequence[int] | None = None,
+                       color_mode: str = "", cache_dir: str | None = ""):
   """Loads an image classification dataset as (train, test, info).
 
   Args:
     name: one of `DATASETS`: 'digits', 'mnist', 'fashion_mnist', 'cifar10',
-      'tfds'.
+      'tfds', 'image_folder'.
     data_dir: directory holding the official files ('mnist', 'fashion_mnist',
-      'cifar10') or tfds's data_dir ('tfds'; None = tfds's default). Ignored
+      'cifar10'), tfds's data_dir ('tfds'; None = tfds's default), or the
+      folder with train/<class>/ and test/<class>/ ('image_folder'). Ignored
       for 'digits', which ships with scikit-learn.
     tfds_name: for name='tfds', the tfds dataset ('mnist', 'cifar10:3.0.2',
       ...) already prepared in array_record format; never downloaded here.
     tfds_splits: for name='tfds', the (train, test) split names.
+    image_size, color_mode, cache_dir: for name='image_folder', see
+      `jaxdl.data.folders.load_image_folder`.
 
   Returns:
     (train, test, info): two sources and
@@ -469,5 +477,9 @@ def load_image_dataset(name: str, data_dir: str | None, *,
     return _load_cifar10(data_dir)
   if name == "tfds":
     return _load_tfds(tfds_name, data_dir, tuple(tfds_splits))
+  if name == "image_folder":
+    from jaxdl.data import folders  # pylint: disable=g-import-not-at-top
+    return folders.load_image_folder(data_dir, image_size=image_size,
+                                     color_mode=color_mode, cache_dir=cache_dir)
   raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)} "
                   "(--config.dataset=NAME)")
