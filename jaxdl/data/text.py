@@ -1,14 +1,21 @@
-"""IMDB reviews as padded token ids: archive or tfds reading, a word tokenizer.
+"""Text classification as padded token ids: IMDB, text folders, a word tokenizer.
 
-Two ways in, same result:
+IMDB, three ways in, same result:
 
 * `source='archive'`: the official `aclImdb_v1.tar.gz` (Maas et al. 2011) in
   `data_dir`, sha256-checked, read with `tarfile` (layout
   `aclImdb/{train,test}/{pos,neg}/*.txt`; `train/unsup` is ignored). Reviews
   are read in sorted member-name order so that a run is reproducible whatever
   order the archive stores them in.
+* `source='folder'`: that archive already extracted: `data_dir/aclImdb/` or
+  `data_dir` itself holding `{train,test}/{pos,neg}/*.txt`, read in the same
+  sorted order, so the arrays equal the archive's.
 * `source='tfds'`: a prepared `imdb_reviews` (array_record) read through
   `tfds.data_source(..., download=False)`; no TensorFlow needed.
+
+`load_text_folder` reads your own `data_dir/{train,test}/<class>/*.txt` (the
+layout of Keras' `text_dataset_from_directory`; classes in sorted name order,
+see `jaxdl.data.folders`) through the same tokenizer and padding.
 
 Labels: neg = 0, pos = 1 (as in tfds). The tokenizer is fitted on the train
 split only and saved to `workdir/tokenizer.json`; a resumed run or a
@@ -28,6 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jaxdl.data import folders
 from jaxdl.data.errors import DataError
 from jaxdl.data.sources import ArraySource
 
@@ -169,7 +177,11 @@ def read_imdb_archive(data_dir: str
            f"from {IMDB_URL}) in {data_dir}; point --config.data_dir at the "
            "directory that holds it")
   if not os.path.isfile(path):
-    raise DataError(f"IMDB archive not found: {where}")
+    hint = ""
+    if _imdb_folder_root(data_dir):
+      hint = ("; or read the extracted aclImdb/ folder found there with "
+              "--config.imdb_source=folder")
+    raise DataError(f"IMDB archive not found: {where}{hint}")
   digest = _sha256(path)
   if digest != EXPECTED_SHA256[IMDB_ARCHIVE]:
     raise DataError(f"IMDB archive {path} is corrupt (sha256 {digest}): "
@@ -199,6 +211,60 @@ def read_imdb_archive(data_dir: str
   return out
 
 
+def _imdb_folder_root(data_dir: str | None) -> str | None:
+  """data_dir/aclImdb, or data_dir itself, when it holds train/ and test/."""
+  if not data_dir:
+    return None
+  d = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  for root in (os.path.join(d, "aclImdb"), d):
+    if all(os.path.isdir(os.path.join(root, s)) for s in folders.SPLITS):
+      return root
+  return None
+
+
+def read_text_folder(data_dir: str | None, *, dataset: str = "text_folder",
+                     classes: Sequence[str] | None = None
+                     ) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str]]:
+  """({'train'|'test': (texts, labels int32)}, class names) of a text folder.
+
+  `data_dir/{train,test}/<class>/*.txt`, decoded as UTF-8 (bad bytes replaced,
+  as the archive reader does). `classes` restricts the class folders read.
+  """
+  listing = folders.list_class_folders(dataset, data_dir, (".txt",), classes=classes)
+  out = {}
+  for split in folders.SPLITS:
+    texts = []
+    for path in listing.paths[split]:
+      try:
+        with open(path, "rb") as f:
+          texts.append(f.read().decode("utf-8", errors="replace"))
+      except OSError as e:
+        raise DataError(f"{dataset}: cannot read {path} ({e.strerror}); replace or "
+                        "remove the file") from None
+    out[split] = (texts, listing.labels[split])
+  return out, list(listing.class_names)
+
+
+def read_imdb_folder(data_dir: str | None
+                     ) -> dict[str, tuple[list[str], np.ndarray]]:
+  """Same as `read_imdb_archive`, from the extracted `aclImdb/` folder.
+
+  `data_dir` holds `aclImdb/` or is that folder; `train/unsup` and the
+  other files of the official archive are ignored. Reviews are in sorted
+  file-name order (neg, then pos), as `read_imdb_archive` returns them.
+  """
+  root = _imdb_folder_root(data_dir)
+  if root is None:
+    where = os.path.abspath(os.path.expanduser(os.fspath(data_dir))) if data_dir else (
+        "<no data_dir given>")
+    raise DataError(f"imdb: expected an extracted aclImdb/ folder "
+                    f"(aclImdb/{{train,test}}/{{neg,pos}}/*.txt) in {where}, or {where} to "
+                    "be that folder; point --config.data_dir at it (or pass "
+                    f"--config.imdb_source=archive for {IMDB_ARCHIVE})")
+  splits, _ = read_text_folder(root, dataset="imdb", classes=("neg", "pos"))
+  return splits
+
+
 def read_imdb_tfds(data_dir: str | None
                    ) -> dict[str, tuple[list[str], np.ndarray]]:
   """Same as `read_imdb_archive`, from a prepared tfds `imdb_reviews`."""
@@ -225,22 +291,15 @@ def read_imdb_tfds(data_dir: str | None
   return out
 
 
-def load_imdb(data_dir: str, workdir: str | None, *, num_words: int = 10000,
-              maxlen: int = 100, source: str = "archive"
-              ) -> tuple[TextArraySource, TextArraySource, dict]:
-  """(train, test, info) of padded token ids for IMDB sentiment.
+def tokenize_splits(splits: dict[str, tuple[list[str], np.ndarray]],
+                    workdir: str | None, *, num_words: int, maxlen: int,
+                    name: str) -> dict[str, TextArraySource]:
+  """{split: TextArraySource of padded token ids} with the run's tokenizer.
 
   The tokenizer is `workdir/tokenizer.json` when it exists (resume,
   prediction), else fitted on the train texts and saved there (not saved when
-  `workdir` is None). Samples are {'inputs': int32[maxlen], 'label': int32}.
+  `workdir` is None).
   """
-  if source == "archive":
-    splits = read_imdb_archive(data_dir)
-  elif source == "tfds":
-    splits = read_imdb_tfds(data_dir)
-  else:
-    raise ValueError(f"source={source!r}: 'archive' or 'tfds' "
-                     "(--config.data.source)")
   tok_path = os.path.join(workdir, "tokenizer.json") if workdir else None
   if tok_path and os.path.exists(tok_path):
     tokenizer = Tokenizer.load(tok_path)
@@ -255,6 +314,42 @@ def load_imdb(data_dir: str, workdir: str | None, *, num_words: int = 10000,
   sources = {}
   for split, (texts, labels) in splits.items():
     ids = pad_sequences([tokenizer.encode(t) for t in texts], maxlen)
-    sources[split] = TextArraySource(ids, labels, name=f"imdb/{split}")
+    sources[split] = TextArraySource(ids, labels, name=f"{name}/{split}")
+  return sources
+
+
+def load_imdb(data_dir: str, workdir: str | None, *, num_words: int = 10000,
+              maxlen: int = 100, source: str = "archive"
+              ) -> tuple[TextArraySource, TextArraySource, dict]:
+  """(train, test, info) of padded token ids for IMDB sentiment.
+
+  `source`: 'archive', 'folder' or 'tfds' (see the module docstring). The
+  tokenizer is as in `tokenize_splits`. Samples are {'inputs': int32[maxlen],
+  'label': int32}.
+  """
+  readers = {"archive": read_imdb_archive, "folder": read_imdb_folder,
+             "tfds": read_imdb_tfds}
+  if source not in readers:
+    from jaxdl.configs import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(f"imdb_source={source!r}: choose 'archive', 'folder' or 'tfds' "
+                      "(--config.imdb_source=...)")
+  sources = tokenize_splits(readers[source](data_dir), workdir, num_words=num_words,
+                            maxlen=maxlen, name="imdb")
   info = {"num_classes": 2, "vocab_size": num_words, "maxlen": maxlen}
+  return sources["train"], sources["test"], info
+
+
+def load_text_folder(data_dir: str, workdir: str | None, *, num_words: int = 10000,
+                     maxlen: int = 100
+                     ) -> tuple[TextArraySource, TextArraySource, dict]:
+  """(train, test, info) of `data_dir/{train,test}/<class>/*.txt`.
+
+  Labels are the class folders in sorted name order (`info['class_names']`);
+  tokenizer and padding as for IMDB (`tokenize_splits`).
+  """
+  splits, names = read_text_folder(data_dir)
+  sources = tokenize_splits(splits, workdir, num_words=num_words, maxlen=maxlen,
+                            name="text_folder")
+  info = {"num_classes": len(names), "vocab_size": num_words, "maxlen": maxlen,
+          "class_names": names}
   return sources["train"], sources["test"], info
