@@ -71,6 +71,29 @@ class MetricWriter:
         self.write_image(step, tags[-1], pixels)
     return tags
 
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """Plain text to TensorBoard's Text tab (indented: markdown keeps it verbatim)."""
+    if not self.enabled or self._tb is None:
+      return
+    self._tb.add_text(tag, "\n".join("    " + line for line in text.split("\n")),
+                      int(step))
+
+  def write_step_texts(self, step: int, workdir: str) -> list[str]:
+    """Sends the text files a task wrote for this evaluation (`NAME_{step:06d}.txt`
+    in `workdir`: language-model samples) to TensorBoard as text `NAME`.
+    Returns the tags written."""
+    if not self.enabled or self._tb is None:
+      return []
+    suffix = f"_{int(step):06d}.txt"
+    tags = []
+    for name in sorted(os.listdir(workdir)):
+      if name.endswith(suffix):
+        with open(os.path.join(workdir, name), encoding="utf-8") as f:
+          body = f.read()
+        tags.append(name[:-len(suffix)])
+        self.write_text(step, tags[-1], body)
+    return tags
+
   def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
     if not self.enabled or self._tb is None:
       return

@@ -12,6 +12,11 @@ only, so appending padding changes nothing. The causal LM combines the padding
 mask with a lower-triangular one and always lets a query see itself
 (`causal_padding_mask`): a pad query then has one allowed key instead of none,
 so position t depends on tokens <= t only, wherever the pads are.
+
+`TransformerLM(decode=True)` is the same network fed one token at a time with
+a cache of every layer's keys and values (flax's 'cache' collection, as in
+`nn.MultiHeadDotProductAttention(decode=True)`); `generate` runs it in a
+`lax.fori_loop` for greedy or temperature sampling.
 """
 
 from __future__ import annotations
@@ -96,14 +101,20 @@ def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
 
 
 class MultiHeadSelfAttention(nn.Module):
-  """Q, K, V by DenseGeneral to [.., heads, d_head]; out DenseGeneral back."""
+  """Q, K, V by DenseGeneral to [.., heads, d_head]; out DenseGeneral back.
+
+  With `decode=True` the keys and values of every position fed so far are kept
+  in the 'cache' collection (sized by the first call, which initialises it);
+  later calls write theirs at `index` and attend over the whole cache.
+  """
 
   num_heads: int
   dropout_rate: float = 0.0
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, *,
-               train: bool) -> jax.Array:
+               train: bool, index: jax.Array | None = None) -> jax.Array:
     d_model = x.shape[-1]
     if d_model % self.num_heads:
       raise ValueError(f"d_model={d_model} is not divisible by "
@@ -111,6 +122,15 @@ class MultiHeadSelfAttention(nn.Module):
     d_head = d_model // self.num_heads
     proj = lambda name: nn.DenseGeneral((self.num_heads, d_head), name=name)
     q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)
+    if self.decode:
+      ready = self.has_variable("cache", "cached_key")
+      ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      if ready:
+        at = (0, index, 0, 0)
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k, at)
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v, at)
+        k, v = ck.value, cv.value
     rng = (self.make_rng("dropout")
            if train and self.dropout_rate > 0 else None)
     y = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate,
@@ -125,14 +145,16 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.0
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, *,
-               train: bool) -> jax.Array:
+               train: bool, index: jax.Array | None = None) -> jax.Array:
     det = not train
     y = nn.LayerNorm(name="ln_attn")(x)
     y = MultiHeadSelfAttention(self.num_heads, self.attention_dropout_rate,
-                               name="attn")(y, mask, train=train)
+                               self.decode, name="attn")(y, mask, train=train,
+                                                         index=index)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=det)
     y = nn.LayerNorm(name="ln_mlp")(x)
     y = nn.Dense(self.mlp_dim, name="mlp_in")(y)
@@ -140,6 +162,28 @@ class EncoderBlock(nn.Module):
     y = nn.Dropout(self.dropout_rate)(y, deterministic=det)
     y = nn.Dense(x.shape[-1], name="mlp_out")(y)
     return x + nn.Dropout(self.dropout_rate)(y, deterministic=det)
+
+
+class _TokenCache(nn.Module):
+  """Decode-mode bookkeeping: the token ids fed so far and the next position.
+
+  Returns (position of the first token fed, its attention mask over the whole
+  cache). The first call (at `init`) only sizes the cache: it sees the full
+  sequence and returns its ordinary causal mask.
+  """
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    ready = self.has_variable("cache", "tokens")
+    buf = self.variable("cache", "tokens", jnp.zeros, tokens.shape, jnp.int32)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if not ready:
+      return jnp.zeros((), jnp.int32), causal_padding_mask(tokens)
+    start = index.value
+    buf.value = jax.lax.dynamic_update_slice(buf.value, tokens, (0, start))
+    index.value = start + tokens.shape[1]
+    return start, causal_padding_mask(buf.value,
+                                      start + jnp.arange(tokens.shape[1]))
 
 
 class Encoder(nn.Module):
@@ -159,8 +203,11 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.0
   positions: str = "learned"  # or 'sinusoidal'
   causal: bool = False
+  decode: bool = False  # causal only: tokens fed in steps, keys/values cached
 
   def setup(self):
+    if self.decode and not self.causal:
+      raise ValueError("decode=True needs causal=True")
     self.embed = nn.Embed(self.vocab_size, self.d_model,
                           embedding_init=nn.initializers.normal(0.02))
     if self.positions == "learned":
@@ -171,8 +218,10 @@ class Encoder(nn.Module):
                        "'sinusoidal'")
     self.blocks = [EncoderBlock(self.num_heads, self.mlp_dim,
                                 self.dropout_rate, self.attention_dropout_rate,
-                                name=f"block{i}")
+                                self.decode, name=f"block{i}")
                    for i in range(self.num_layers)]
+    if self.decode:
+      self.token_cache = _TokenCache()
     self.drop = nn.Dropout(self.dropout_rate)
     self.ln_final = nn.LayerNorm()
 
@@ -181,15 +230,24 @@ class Encoder(nn.Module):
     if t > self.max_len:
       raise ValueError(f"sequence length {t} > max_len={self.max_len}")
     x = self.embed(tokens)
+    start = None
+    if self.decode:
+      start, mask = self.token_cache(tokens)
+      positions = start + jnp.arange(t)
+    else:
+      positions = jnp.arange(t)
+      mask = (causal_padding_mask(tokens) if self.causal
+              else padding_mask(tokens))
     if self.positions == "learned":
-      pos = self.pos_embed(jnp.arange(t)[None, :])
+      pos = self.pos_embed(positions[None, :])
+    elif self.decode:
+      pos = jnp.asarray(sinusoidal_positions(self.max_len,
+                                             self.d_model))[positions][None]
     else:
       pos = jnp.asarray(sinusoidal_positions(t, self.d_model))[None]
     x = self.drop(x + pos.astype(x.dtype), deterministic=not train)
-    mask = (causal_padding_mask(tokens) if self.causal
-            else padding_mask(tokens))
     for block in self.blocks:
-      x = block(x, mask, train=train)
+      x = block(x, mask, train=train, index=start)
     return self.ln_final(x)
 
 
@@ -225,7 +283,10 @@ class TransformerClassifier(nn.Module):
 
 
 class TransformerLM(nn.Module):
-  """Causal encoder -> next-token logits [B, T, vocab]."""
+  """Causal encoder -> next-token logits [B, T, vocab].
+
+  `decode=True`: see `generate` (same params, a 'cache' collection).
+  """
 
   vocab_size: int = 10000
   d_model: int = 128
@@ -237,16 +298,70 @@ class TransformerLM(nn.Module):
   attention_dropout_rate: float = 0.0
   positions: str = "learned"
   tie_embeddings: bool = True
+  decode: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
     tokens = tokens.astype(jnp.int32)
     enc = Encoder(**{f: getattr(self, f) for f in _ENCODER_FIELDS},
-                  causal=True, name="encoder")
+                  causal=True, decode=self.decode, name="encoder")
     h = enc(tokens, train=train)
     if self.tie_embeddings:
       return enc.embed.attend(h)
     return nn.Dense(self.vocab_size, name="lm_head")(h)
+
+
+def generate(module: TransformerLM, params, prompts: jax.Array,
+             lengths: jax.Array, temperatures: jax.Array, key: jax.Array, *,
+             banned: tuple[int, ...] = (0,)) -> tuple[jax.Array, jax.Array]:
+  """Continues each prompt to the full width of `prompts`, with a KV cache.
+
+  One `lax.fori_loop` over positions: position i's token goes through
+  `module.clone(decode=True)` (one token, keys/values cached), and token i+1
+  is the prompt's while i+1 < lengths[b], else drawn from the logits: argmax
+  where temperatures[b] == 0, else a sample from softmax(logits / T) with
+  key fold_in(key, i). The `banned` ids (padding, 0, by default) are never
+  drawn. Jit it with `module` bound (e.g. functools.partial).
+
+  Args:
+    module: the TransformerLM whose `params` these are.
+    prompts: int32 [B, L], row b's prompt in its first lengths[b] >= 1 places
+      (the rest is overwritten); L <= module.max_len.
+    lengths: int32 [B]; temperatures: float [B]; key: a PRNG key.
+    banned: token ids given probability 0 (static).
+
+  Returns:
+    (tokens int32 [B, L], logits float32 [B, L - 1, vocab]: the next-token
+    logits at positions 0..L-2, as the full model computes them).
+  """
+  dec = module.clone(decode=True)
+  b, length = prompts.shape
+  shapes = jax.eval_shape(dec.init, jax.random.key(0),
+                          jnp.ones((b, length), jnp.int32))["cache"]
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  logits0 = jnp.zeros((b, length - 1, module.vocab_size), jnp.float32)
+  temps = jnp.asarray(temperatures, jnp.float32)
+
+  def body(i, carry):
+    tokens, cache, all_logits = carry
+    tok = jax.lax.dynamic_slice_in_dim(tokens, i, 1, axis=1)
+    logits, new = dec.apply({"params": params, "cache": cache}, tok,
+                            mutable=["cache"])
+    logits = logits[:, 0].astype(jnp.float32)
+    allowed = logits.at[:, jnp.asarray(banned)].set(-jnp.inf)
+    greedy = jnp.argmax(allowed, -1)
+    drawn = jax.random.categorical(jax.random.fold_in(key, i),
+                                   allowed / jnp.where(temps > 0, temps, 1.0)[:, None])
+    chosen = jnp.where(temps > 0, drawn, greedy).astype(tokens.dtype)
+    nxt = jnp.where(i + 1 < lengths, tokens[:, i + 1], chosen)
+    tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i + 1))
+    all_logits = jax.lax.dynamic_update_slice(all_logits, logits[:, None],
+                                              (0, i, 0))
+    return tokens, new["cache"], all_logits
+
+  tokens, _, all_logits = jax.lax.fori_loop(
+      0, length - 1, body, (prompts.astype(jnp.int32), cache, logits0))
+  return tokens, all_logits
 
 
 def transformer_classifier(vocab_size: int = 10000, num_outputs: int = 1,

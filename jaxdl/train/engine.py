@@ -131,7 +131,8 @@ class Engine:
         jax.block_until_ready(total)
     total = parallel.to_host(total)
     count = float(total.pop("count"))
-    return {k: float(v) / max(count, 1.0) for k, v in total.items()}
+    return self.task.finalize_eval(
+        {k: float(v) / max(count, 1.0) for k, v in total.items()})
 
 
 def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads,

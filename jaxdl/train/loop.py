@@ -278,6 +278,7 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
         eval_metrics.update(run.task.on_evaluate(state, run.workdir, step) or {})
         writer.write_scalars(step, "eval", eval_metrics)
         writer.write_step_images(step, run.workdir)
+        writer.write_step_texts(step, run.workdir)
         progress.write(f"eval step {step}: " + " ".join(
             f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
       if do_ckpt:

@@ -11,6 +11,9 @@ the step counter and the step key. A task supplies pure functions:
   eval_metrics(state, batch)     -> dict of per-example SUMS over the batch,
       weighted by batch['mask'] (0 for padding rows of the last eval batch);
       the engine adds them up over the split and divides by the mask's sum.
+  finalize_eval(metrics)         -> those means, turned into the reported
+      metrics on the host (e.g. perplexity = exp(token loss / token count));
+      the default returns them unchanged.
   on_evaluate(state, workdir, step) -> dict of host-side extras (PNG grids,
       FID...), run on every process after each evaluation; only process 0
       should write files (`jax.process_index() == 0`).
@@ -48,6 +51,9 @@ class Task:
 
   def eval_metrics(self, state: TrainState, batch: Batch) -> Metrics:
     raise NotImplementedError
+
+  def finalize_eval(self, metrics: dict[str, float]) -> dict[str, float]:
+    return metrics
 
   def on_evaluate(self, state: TrainState, workdir: str, step: int) -> dict:
     return {}

@@ -78,6 +78,13 @@ KILL_RUNS = [
              "--config.model.kwargs.d_model=32", "--config.model.kwargs.mlp_dim=64",
              "--config.model.kwargs.num_layers=1", "--config.optimizer.warmup_steps=5",
              *_S60), _K60),
+    # The causal LM; its evaluations also write sampled continuations.
+    KillRun("imdb_lm",
+            ("--flagfile=experiments/flagfiles/imdb_lm.flags", *_IMDB,
+             "--config.imdb_source=archive", "--config.model.kwargs.max_len=32",
+             "--config.model.kwargs.d_model=32", "--config.model.kwargs.mlp_dim=64",
+             "--config.model.kwargs.num_layers=1", "--config.optimizer.warmup_steps=5",
+             "--config.lm.sample_tokens=4", *_S60), _K60),
 ]
 
 EXPERIMENTS = sorted(p.stem for p in (relutil.REPO / "experiments").glob("*.py")
