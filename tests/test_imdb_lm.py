@@ -5,42 +5,20 @@ only, so a resumed run writes the same ones."""
 
 import json
 import math
-import pathlib
-import tarfile
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+import realdata
+from conftest import REPO
 from runner import run_experiment, summary
 
-IMDB_TARBALL = SHARED_DATA / "imdb" / "aclImdb_folders.tar.gz"
 SMOKE = "experiments/flagfiles/imdb_lm_smoke.flags"
-PER_FOLDER = {"train": 150, "test": 50}  # reviews per class folder
 
 
 @pytest.fixture(scope="module")
 def imdb_subset(tmp_path_factory):
-  """data_dir holding aclImdb/{train,test}/{neg,pos}/: the first reviews of
-  each folder of the real archive (one pass over it, a few seconds)."""
-  if not IMDB_TARBALL.exists():
-    pytest.skip(f"real IMDB expected at {IMDB_TARBALL} (../shared/data absent)")
-  from jaxdl.data import text  # pylint: disable=g-import-not-at-top
-  if not hasattr(text, "read_imdb_folder"):
-    pytest.skip("jaxdl.data.text cannot read an extracted aclImdb/ folder yet")
-  d = tmp_path_factory.mktemp("imdb")
-  taken = {}
-  with tarfile.open(IMDB_TARBALL, "r:gz") as tar:
-    for m in tar:
-      parts = m.name.split("/")
-      if (len(parts) == 4 and parts[0] == "aclImdb" and parts[1] in PER_FOLDER
-          and parts[2] in ("neg", "pos") and m.isfile()):
-        folder = tuple(parts[1:3])
-        if taken.get(folder, 0) < PER_FOLDER[parts[1]]:
-          taken[folder] = taken.get(folder, 0) + 1
-          out = d.joinpath(*parts)
-          out.parent.mkdir(parents=True, exist_ok=True)
-          out.write_bytes(tar.extractfile(m).read())
-  return d
+  """An extracted aclImdb/ of 150 train and 50 test real reviews per label."""
+  return realdata.imdb_subset(tmp_path_factory.mktemp("imdb"), n_train=150, n_test=50)
 
 
 def _config(**overrides):
