@@ -58,7 +58,8 @@ class ResidualBlock(nn.Module):
   def __call__(self, x, *, train: bool):
     conv, _ = _ops(self.conv_impl)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, dtype=self.dtype)
+                             momentum=0.9, dtype=self.dtype,
+                             use_fast_variance=False)  # two-pass: no cancellation
     y = conv(self.features, (3, 3), strides=self.strides, use_bias=False, dtype=self.dtype)(x)
     y = nn.relu(norm()(y))
     y = conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(y)
@@ -83,7 +84,7 @@ class ResNet(nn.Module):
     conv, _ = _ops(self.conv_impl)
     x = conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x.astype(self.dtype))
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                             dtype=self.dtype)(x))
+                             dtype=self.dtype, use_fast_variance=False)(x))
     for stage in range(3):
       for block in range(self.blocks_per_stage):
         strides = 2 if stage > 0 and block == 0 else 1

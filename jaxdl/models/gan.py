@@ -51,12 +51,14 @@ class Generator(nn.Module):
     x = nn.Dense((h // 4) * (w // 4) * f0)(z.reshape((z.shape[0], -1)))
     x = x.reshape((z.shape[0], h // 4, w // 4, f0))
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                       use_fast_variance=False)(x)
     x = nn.relu(x)
     k = (self.kernel_size, self.kernel_size)
     x = conv_transpose(f1, k, strides=(2, 2), padding="SAME")(x)
     if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                       use_fast_variance=False)(x)
     x = nn.relu(x)
     x = conv_transpose(c, k, strides=(2, 2), padding="SAME")(x)
     return jnp.tanh(x)

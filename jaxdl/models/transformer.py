@@ -151,12 +151,12 @@ class EncoderBlock(nn.Module):
   def __call__(self, x: jax.Array, mask: jax.Array | None, *,
                train: bool, index: jax.Array | None = None) -> jax.Array:
     det = not train
-    y = nn.LayerNorm(name="ln_attn")(x)
+    y = nn.LayerNorm(use_fast_variance=False, name="ln_attn")(x)
     y = MultiHeadSelfAttention(self.num_heads, self.attention_dropout_rate,
                                self.decode, name="attn")(y, mask, train=train,
                                                          index=index)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=det)
-    y = nn.LayerNorm(name="ln_mlp")(x)
+    y = nn.LayerNorm(use_fast_variance=False, name="ln_mlp")(x)
     y = nn.Dense(self.mlp_dim, name="mlp_in")(y)
     y = nn.gelu(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=det)
@@ -223,7 +223,7 @@ class Encoder(nn.Module):
     if self.decode:
       self.token_cache = _TokenCache()
     self.drop = nn.Dropout(self.dropout_rate)
-    self.ln_final = nn.LayerNorm()
+    self.ln_final = nn.LayerNorm(use_fast_variance=False)
 
   def __call__(self, tokens: jax.Array, *, train: bool) -> jax.Array:
     t = tokens.shape[1]
