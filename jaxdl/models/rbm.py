@@ -137,19 +137,42 @@ def reconstruction_error(params: Params, v: jax.Array) -> jax.Array:
   return jnp.mean(d * d, -1)
 
 
+def _softplus_difference(a: jax.Array, d: jax.Array) -> jax.Array:
+  """softplus(a + d) - softplus(a), without subtracting two large numbers.
+
+  = log1p(sigmoid(a) * expm1(d)); for a > 0 the same identity applied to
+  softplus(x) = x + softplus(-x) gives d + log1p(sigmoid(-a) * expm1(-d)), so the
+  log1p argument always stays above -1/2 (no log1p(-1 + tiny) for a >> 0, d << 0).
+  For |d| > 20 (expm1 would overflow near 88) the plain difference is as exact
+  as a + d itself.
+  """
+  pos = a > 0
+  dc = jnp.clip(d, -20, 20)
+  r = jnp.log1p(jax.nn.sigmoid(-jnp.abs(a)) * jnp.expm1(jnp.where(pos, -dc, dc)))
+  small = jnp.where(pos, dc + r, r)
+  return jnp.where(jnp.abs(d) > 20, jax.nn.softplus(a + d) - jax.nn.softplus(a), small)
+
+
 def pseudo_likelihood(params: Params, v: jax.Array, key: jax.Array) -> jax.Array:
   """Stochastic pseudo-log-likelihood per example, [B] (nats, <= 0).
 
   As scikit-learn's BernoulliRBM.score_samples: flip one uniformly chosen bit
   i per example and return V * log sigmoid(F(v_flipped) - F(v)), an unbiased
   estimate of sum_i log p(v_i | v_-i) for binary v.
+
+  F(v') - F(v) is computed directly, not as a difference of two free energies
+  (|F| is in the hundreds at 784 x 500, so float32 lost 0.03-0.07 nats per
+  example that way). With d = 1 - 2 v_i the change of v_i and a = b_h + v W,
+  F(v') - F(v) = -d b_v_i - sum_j [softplus(a_j + d W_ij) - softplus(a_j)].
   """
   v = flatten(v)
   b, n = v.shape
   idx = jax.random.randint(key, (b,), 0, n)
-  flip = jax.nn.one_hot(idx, n, dtype=v.dtype)
-  v_flip = v + flip * (1 - 2 * v)  # v_i -> 1 - v_i at the chosen bit
-  return n * jax.nn.log_sigmoid(free_energy(params, v_flip) - free_energy(params, v))
+  d = 1 - 2 * jnp.take_along_axis(v, idx[:, None], 1)  # [B, 1]: +1 sets v_i, -1 clears it
+  a = v @ params["W"] + params["b_h"]
+  gap = (-d[:, 0] * params["b_v"][idx]
+         - jnp.sum(_softplus_difference(a, d * params["W"][idx]), -1))
+  return n * jax.nn.log_sigmoid(gap)
 
 
 def make_rbm(n_visible: int = 784, n_hidden: int = 500, weight_std: float = 0.01) -> Model:
