@@ -137,21 +137,27 @@ BCE = "sigmoid_binary_cross_entropy"
 
 
 def benches() -> list[Bench]:
-  """Every registered model at the batch of its experiment (or the issue's)."""
+  """Every registered model at the batch of its experiment (or the issue's).
+
+  Rows without a suffix are the plain lowering ('xla' / 'autodiff', jax's
+  defaults); '(conv_impl=fast)' / '(scan_impl=fused)' rows force the fast
+  path, which is what a model's default 'auto' compiles to on CPU
+  (tests/test_platform.py: the same parameters bit for bit)."""
   img28, img32 = _images((28, 28, 1)), _images((32, 32, 3))
   return [
       Bench("mlp", _config(model="mlp"), img28, 128, MNIST),
-      Bench("cnn", _config(model="cnn"), img32, 128, CIFAR),
+      Bench("cnn", _config(model="cnn", conv_impl="xla"), img32, 128, CIFAR),
       Bench("cnn (conv_impl=fast)", _config(model="cnn", conv_impl="fast"),
             img32, 128, CIFAR),
-      Bench("resnet", _config(model="resnet"), img32, 128, CIFAR),
+      Bench("resnet", _config(model="resnet", conv_impl="xla"), img32, 128, CIFAR),
       Bench("resnet (conv_impl=fast)", _config(model="resnet", conv_impl="fast"),
             img32, 128, CIFAR),
   ] + [
       Bench(f"lstm_classifier{label}", _config(model="lstm_classifier", loss=BCE, **kw),
             _tokens(100, 10000), batch, IMDB, tokens=100)
       for batch in (32, 128)
-      for label, kw in (("", {}), (" (scan_impl=fused)", {"scan_impl": "fused"}))
+      for label, kw in (("", {"scan_impl": "autodiff"}),
+                        (" (scan_impl=fused)", {"scan_impl": "fused"}))
   ] + [
       Bench("transformer_classifier",
             _config(model="transformer_classifier", loss=BCE, vocab_size=10000),
@@ -160,8 +166,11 @@ def benches() -> list[Bench]:
                                       vocab_size=10000),
             _tokens(128, 10000, labels=False), 32, {"vocab_size": 10000},
             tokens=128),
-      Bench("dcgan", _config("gan", "dcgan_generator"), _images((28, 28, 1), labels=False),
-            64, MNIST),
+      Bench("dcgan", _config(
+          "gan", "dcgan_generator", sections={"gan": {
+              "generator_kwargs": {"conv_impl": "xla"},
+              "discriminator_kwargs": {"conv_impl": "xla"}}}),
+            _images((28, 28, 1), labels=False), 64, MNIST),
       Bench("dcgan (conv_impl=fast)", _config(
           "gan", "dcgan_generator", sections={"gan": {
               "generator_kwargs": {"conv_impl": "fast"},
