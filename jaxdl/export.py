@@ -17,15 +17,16 @@ The batch dimension is symbolic (`jax.export.symbolic_shape('b')`): any batch
 size runs. If a model cannot be exported that way, the export falls back to a
 fixed batch (`--batch_size`, default 1) and says so in the sidecar
 (`"batch_polymorphic": false`). Lowered for CPU and CUDA by default
-(`--platforms`); jax picks the one it runs on.
+(`--platforms`); jax picks the one it runs on. The models' 'auto' lowerings
+(`jaxdl.ops.platform`) put the CPU fast paths in the CPU program only.
 
 Inputs: images are float32 [batch, H, W, C] in [0, 1] (uint8 pixels / 255,
 channels as the dataset: 1 = grayscale, 3 = RGB); text is int32 [batch, maxlen]
 token ids (0 = padding, 1 = unknown word, words from 2, post-padded). Output:
 float32 [batch, num_classes] class probabilities.
 
-Loading it needs only jax, numpy (and `flatbuffers`, jax's own dependency for
-serialized exports):
+Loading it needs only jax, numpy and `flatbuffers` (jax reads serialized
+exports with it but does not install it: `pip install jax numpy flatbuffers`):
 
     import json, numpy as np
     from jax import export
