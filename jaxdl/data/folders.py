@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import tempfile
@@ -266,17 +267,21 @@ def _decode_all(paths: list[str], color_mode: str, size, workers: int | None):
       job, out = os.path.join(tmp, f"job{k}"), os.path.join(tmp, f"out{k}")
       with open(job, "wb") as f:
         pickle.dump((share, color_mode, size), f)
-      procs.append((subprocess.Popen(
-          [sys.executable, "-m", "jaxdl.data.folders", job, out], env=env,
-          stdin=subprocess.DEVNULL), out))
+      try:
+        proc = subprocess.Popen([sys.executable, "-m", "jaxdl.data.folders", job, out],
+                                env=env, stdin=subprocess.DEVNULL)
+      except OSError as e:
+        proc = e
+      procs.append((proc, out))
     results = [(shares[0][0], _decode_chunk(shares[0][1], color_mode, size))]
     for (start, share), (proc, out) in zip(shares[1:], procs):
-      if proc.wait() == 0:
+      if isinstance(proc, subprocess.Popen) and proc.wait() == 0:
         with open(out, "rb") as f:
           results.append((start, pickle.load(f)))
-      else:  # a worker that died (memory, signal): decode its share here
-        logging.warning("image decoding worker exited with %s; decoding its %d "
-                        "files in this process", proc.returncode, len(share))
+      else:  # a worker that did not start or died (memory, signal): decode here
+        why = proc if isinstance(proc, OSError) else f"exit status {proc.returncode}"
+        logging.warning("image decoding worker failed (%s); decoding its %d files in "
+                        "this process", why, len(share))
         results.append((start, _decode_chunk(share, color_mode, size)))
   return results
 
@@ -345,7 +350,7 @@ def _read_cache(path: str, key: str) -> dict[str, np.ndarray] | None:
 
 def _write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
   """temp file + os.replace: readers see the old entry or the whole new one."""
-  tmp = f"{path}.{os.getpid()}.tmp"
+  tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # hosts may share the folder
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(tmp, "wb") as f:
