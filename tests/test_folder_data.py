@@ -514,7 +514,7 @@ def test_killed_image_folder_run_resumes_bit_identically(tmp_path):
           "--config.num_epochs=0", "--config.num_steps=20", "--config.checkpoint_every=5",
           "--config.eval_every=10", "--config.log_every=5", "--config.tensorboard=False",
           "--config.async_checkpoints=False", "--num_cpu_devices=1"]
-  # The reference decodes (cold cache); the killed run and its resume read the cache.
+  # Reference and killed run decode (each its own cold cache); the resume reads the cache.
   ref = run_experiment("mnist_mlp", *args, f"--config.cache_dir={tmp_path / 'c1'}",
                        f"--workdir={tmp_path / 'ref'}")
   assert ref.returncode == 0, ref.stderr[-3000:]
