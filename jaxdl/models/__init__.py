@@ -19,6 +19,11 @@ _REGISTRY: dict[str, Callable[..., Model]] | None = None
 
 
 def registry() -> dict[str, Callable[..., Model]]:
+  """Every model name -> its constructor (`constructor(**kwargs) -> Model`).
+
+  Built from the `MODELS` dict of each module in `_MODULES`; a new model is
+  one module (or one entry) there.
+  """
   global _REGISTRY
   if _REGISTRY is None:
     reg = {}
@@ -35,6 +40,10 @@ def registry() -> dict[str, Callable[..., Model]]:
 
 
 def get_model(name: str, **kwargs) -> Model:
+  """The registered model `name` built with `kwargs`: a `Model` whose
+  `init(key, example) -> variables` and `apply(variables, x, *, train, rngs)
+  -> (outputs, new_state)` are pure functions (compose them with jax.grad,
+  jax.vmap, jax.jvp, lax.scan). Raises ConfigError for an unknown name."""
   reg = registry()
   if name not in reg:
     raise ConfigError(f"unknown model {name!r}: choose one of {sorted(reg)} "
