@@ -19,7 +19,9 @@ A checkpoint that fails is reported with its step and path and moved to
 `checkpoints/corrupt/<step>` (never deleted), and the next newest is tried.
 
 Saves are asynchronous; the last `max_to_keep` and the best by a chosen metric
-are kept. A state holding NaN/Inf is never saved.
+are kept. An eval step's metrics are saved with it (orbax's `metrics` item), so
+the best is still known, kept and chosen after any number of relaunches. A
+state holding NaN/Inf is never saved.
 """
 
 from __future__ import annotations
@@ -190,12 +192,19 @@ class Checkpointer:
     self.report = report or _default_report
     self._pending: int | None = None  # step of the save in flight
     policies = [checkpoint_managers.LatestN(n=max_to_keep)]
+    best_fn = None
     if best_metric:
+      best_fn = lambda m: m[best_metric]  # pylint: disable=unnecessary-lambda-assignment
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"),
+          get_metric_fn=best_fn, reverse=(best_mode == "min"),
           n=1, keep_checkpoints_without_metrics=False))
     self._options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn is what makes orbax write each save's metrics to disk
+        # (<step>/metrics/metrics) and read them back when it opens, so that
+        # BestN and best_step() still know the best after a relaunch. The
+        # preservation_policy above decides what is kept.
+        best_fn=best_fn, best_mode=best_mode,
         enable_async_checkpointing=async_save,
         # jaxdl removes half-written saves itself, synchronously (below):
         # orbax's cleanup runs in the background until the first save.
@@ -222,6 +231,7 @@ class Checkpointer:
           f"checkpoint directory {self.directory} is not writable ({why}); "
           "check the workdir's permissions and free space, or pass another --workdir"
       ) from None
+    self._set_aside_unreadable_metrics()
     try:
       return ocp.CheckpointManager(self.directory, options=self._options,
                                    item_names=("state", "data", "meta"))
@@ -229,6 +239,40 @@ class Checkpointer:
       raise CheckpointError(
           f"cannot open checkpoint directory {self.directory} ({_one_line(e)}); "
           "check the workdir's permissions and free space") from None
+
+  def _set_aside_unreadable_metrics(self) -> None:
+    """Moves a step's unreadable `metrics` item to corrupt/<step>.metrics.
+
+    orbax reads every step's metrics when it opens and fails on one that is not
+    JSON; the step itself is fine (its state has its own checksums), so it is
+    kept, as a recent step only: it is no longer ranked for the best.
+    """
+    if jax.process_index() == 0:
+      for name in sorted(os.listdir(self.directory)):
+        item = os.path.join(self.directory, name, "metrics")
+        if not name.isdigit() or not os.path.isfile(os.path.join(item, "metrics")):
+          continue
+        try:
+          with open(os.path.join(item, "metrics"), encoding="utf-8") as f:
+            metrics = json.load(f)
+          ok = isinstance(metrics, dict) and (
+              not self.best_metric or isinstance(metrics.get(self.best_metric), (int, float)))
+        except (OSError, ValueError):
+          ok = False
+        if ok:
+          continue
+        base = dst = os.path.join(self.directory, CORRUPT_DIR, f"{name}.metrics")
+        n = 1
+        while os.path.exists(dst):
+          dst, n = f"{base}.{n}", n + 1
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.rename(item, dst)
+        self.report(f"warning: the eval metrics of checkpoint step {name} ({item}) are "
+                    f"unreadable; moved them to {dst}; the step is kept but no longer "
+                    "ranked as the best")
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("jaxdl_checkpoint_metrics")
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

@@ -28,13 +28,24 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_state(workdir: str, which: str = "latest", mesh=None, config=None):
-  """(run, state, step) from `workdir`'s latest (or best) checkpoint."""
+  """(run, state, step) from `workdir`'s latest (or best) checkpoint.
+
+  The best is the kept checkpoint with the best eval `task.best_metric`
+  (`task.best_mode`), from the metrics saved with each eval step's checkpoint.
+  """
   from jaxdl.train import loop  # pylint: disable=g-import-not-at-top
   config = config or load_config(workdir)
   run = loop.Run(config, workdir, mesh=mesh)
   ckpt = run.checkpointer
   step = ckpt.best_step() if which == "best" else ckpt.latest_step()
   if step is None:
+    latest = ckpt.latest_step()
+    ckpt.close()
+    if latest is not None:
+      # e.g. the GAN with FID off, or a run saved before checkpoints kept metrics
+      raise checkpoint.CheckpointError(
+          f"no checkpoint in {ckpt.directory} has an eval {run.task.best_metric!r} to "
+          "rank it by; pass --which=latest")
     raise checkpoint.CheckpointError(
         f"no checkpoint in {ckpt.directory}: train first, or pass --workdir=DIR of a run")
   state = ckpt.restore(step, run.abstract_state())

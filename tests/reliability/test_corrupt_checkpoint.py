@@ -154,6 +154,19 @@ def test_garbage_step_metadata_is_tolerated_because_the_state_verifies(base, tmp
   assert not (wd / "checkpoints" / "corrupt").exists()
 
 
+def test_garbage_eval_metrics_are_moved_aside_and_the_step_kept(base, tmp_path, capsys):
+  # orbax fails to open a checkpoint folder with an unparsable metrics item.
+  wd = _copy(base, tmp_path)
+  _garbage("metrics/metrics")(wd / "checkpoints" / "40")
+  capsys.readouterr()
+  ckpt = loop.Run(_config(), str(wd), mesh=ONE).checkpointer
+  assert ckpt.all_steps() == [20, 30, 40] and ckpt.best_step() == 20  # 40 unranked
+  ckpt.close()
+  err = capsys.readouterr().err
+  assert "checkpoint step 40" in err and "corrupt/40.metrics" in err, err
+  assert (wd / "checkpoints" / "corrupt" / "40.metrics" / "metrics").is_file()
+
+
 def test_another_model_is_refused_not_quarantined(base, tmp_path):
   wd = _copy(base, tmp_path)
   with pytest.raises(checkpoint.CheckpointMismatchError, match="another model") as e:
