@@ -491,38 +491,48 @@ def test_conv_autoencoder_fast_equals_xla_in_params_outputs_and_grads():
 # --- LSTM scan with the hand-written backward (jaxdl.ops.lstm) --------------
 
 
-@pytest.mark.parametrize("reverse,unroll", [(False, 1), (True, 2)])
-def test_fused_lstm_scan_equals_autodiff_scan(reverse, unroll):
+@pytest.mark.parametrize("reverse,unroll,masked", [(False, 1, False), (True, 2, False),
+                                                   (False, 1, True), (True, 1, True)])
+def test_fused_lstm_scan_equals_autodiff_scan(reverse, unroll, masked):
+  """Values and VJPs (w.r.t. W_h, inputs, initial carry and the recurrent
+  dropout mask) of the hand-written backward against autodiff."""
   from jaxdl.models.lstm import lstm_scan  # pylint: disable=g-import-not-at-top
   b, t, h = 3, 6, 5
   w = _randn((h, 4 * h), 0) * 0.5
   xs = _randn((b, t, 4 * h), 1)
   c0, h0 = _randn((b, h), 2), _randn((b, h), 3)
   lengths = jnp.array([6, 2, 0])  # full, padded, empty rows
+  # A dropout-like mask: zeros and 1/(1-rate), rate 0.4.
+  mask = jnp.asarray(np.random.default_rng(4).random((b, h)) > 0.4, jnp.float32) / 0.6
 
   def run(impl):
-    def f(w, xs, c0, h0):
-      return lstm_scan(w, xs, lengths, (c0, h0), unroll=unroll,
-                       reverse=reverse, impl=impl)
+    def f(w, xs, c0, h0, *m):
+      return lstm_scan(w, xs, lengths, (c0, h0), unroll=unroll, reverse=reverse,
+                       impl=impl, recurrent_mask=m[0] if m else None)
     return f
 
+  args = (w, xs, c0, h0) + ((mask,) if masked else ())
   with jax.default_matmul_precision("highest"):
-    _check(run("autodiff"), run("fused"), w, xs, c0, h0)
+    _check(run("autodiff"), run("fused"), *args)
 
 
 def test_lstm_classifier_fused_same_params_outputs_and_grads():
   from jaxdl.models import get_model  # pylint: disable=g-import-not-at-top
   tokens = jnp.asarray(np.random.default_rng(0).integers(1, 50, (4, 9)), jnp.int32)
   tokens = tokens.at[1, 5:].set(0)  # post-padding
-  kw = dict(vocab_size=50, embed_dim=6, hidden_size=7, bidirectional=True)
-  plain = get_model("lstm_classifier", **kw)
+  kw = dict(vocab_size=50, embed_dim=6, hidden_size=7, bidirectional=True,
+            dropout=0.3, recurrent_dropout=0.3)
+  plain = get_model("lstm_classifier", scan_impl="autodiff", **kw)
   fast = get_model("lstm_classifier", scan_impl="fused", **kw)
   params = jax.jit(plain.init)(jax.random.key(0), tokens)["params"]
   assert (jax.tree_util.tree_structure(jax.eval_shape(fast.init, jax.random.key(0), tokens))
           == jax.tree_util.tree_structure({"params": params}))
+  # train=True: the same dropout masks (same rng) in both.
+  rngs = {"dropout": jax.random.key(1)}
   with jax.default_matmul_precision("highest"):
-    _check(lambda p: plain.module.apply({"params": p}, tokens),
-           lambda p: fast.module.apply({"params": p}, tokens), params)
+    _check(lambda p: plain.module.apply({"params": p}, tokens, train=True, rngs=rngs),
+           lambda p: fast.module.apply({"params": p}, tokens, train=True, rngs=rngs),
+           params)
 
 
 def test_im2col_channel_policy(monkeypatch):

@@ -1,19 +1,23 @@
 """A masked LSTM scan with a hand-written backward pass (`jax.custom_vjp`).
 
-Same function as `jaxdl.models.lstm.lstm_scan` (gate order i, f, g, o;
-padded steps keep the carry and output zeros), different backward schedule.
+Same function as the plain scan of `jaxdl.models.lstm.lstm_scan` (gate order
+i, f, g, o; padded steps keep the carry and output zeros; an optional
+recurrent dropout mask m multiplies h_{t-1} before W_h), different backward
+schedule. `lstm_scan(impl='auto')` runs it on CPU only (`jaxdl.ops.platform`).
 Autodiff of `lax.scan` accumulates the recurrent kernel's gradient inside the
 reverse loop, one [H, B] x [B, 4H] product and one add per time step, and
 recomputes or re-reads gates through generic transposes. Here the reverse loop
 only does what is truly sequential:
 
     dz_t  = gate-derivatives(dh_t, dc_t)          elementwise, [B, 4H]
-    dh_{t-1} = dz_t @ W_h^T (+ pass-through of masked steps)
+    dh_{t-1} = (dz_t @ W_h^T) [* m] (+ pass-through of masked steps)
 
 and everything else is one product after the loop:
 
-    dW_h = sum_t h_{t-1}^T dz_t = H_prev^T dZ over all (t, b) rows     one GEMM
+    dW_h = sum_t (h_{t-1} [* m])^T dz_t = (H_prev [* m])^T dZ          one GEMM
     d xs_proj = dZ                                                    no work
+    dm = sum_t h_{t-1} * (dz_t @ W_h^T)      (only with a mask; one GEMM that
+                                              XLA drops when m is not differentiated)
 
 The forward saves the gate derivatives already multiplied out (6H floats per
 row and step, see `_forward`), so each backward step is a few elementwise
@@ -53,8 +57,11 @@ def _gates(z):
   return jnp.split(jnp.tanh(z * scale) * scale + shift, 4, axis=-1)
 
 
-def _forward(w_h, xs, valid, c0, h0, unroll, reverse, residuals=True):
+def _forward(w_h, xs, valid, c0, h0, mask, unroll, reverse, residuals=True):
   """Time-major scan; returns ((c, h), outputs, residuals).
+
+  `mask` (recurrent dropout, [B, H], or None) multiplies h before W_h; the
+  carry and the outputs are the unmasked h.
 
   The residuals are what the backward step multiplies by, precomputed here
   so that it is elementwise work around one matrix product:
@@ -66,7 +73,7 @@ def _forward(w_h, xs, valid, c0, h0, unroll, reverse, residuals=True):
   def body(carry, inp):
     c, h = carry
     x_t, m_t = inp
-    i, f, g, o = _gates(x_t + h @ w_h)
+    i, f, g, o = _gates(x_t + (h if mask is None else h * mask) @ w_h)
     c_new = f * c + i * g
     tc = jnp.tanh(c_new)
     h_new = o * tc
@@ -84,16 +91,16 @@ def _forward(w_h, xs, valid, c0, h0, unroll, reverse, residuals=True):
   return carry, hs, res
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _scan(w_h, xs, valid, c0, h0, unroll, reverse):
-  carry, hs, _ = _forward(w_h, xs, valid, c0, h0, unroll, reverse,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _scan(w_h, xs, valid, c0, h0, mask, unroll, reverse):
+  carry, hs, _ = _forward(w_h, xs, valid, c0, h0, mask, unroll, reverse,
                           residuals=False)
   return carry, hs
 
 
-def _scan_fwd(w_h, xs, valid, c0, h0, unroll, reverse):
-  carry, hs, res = _forward(w_h, xs, valid, c0, h0, unroll, reverse)
-  return (carry, hs), (w_h, valid, res, hs, h0)
+def _scan_fwd(w_h, xs, valid, c0, h0, mask, unroll, reverse):
+  carry, hs, res = _forward(w_h, xs, valid, c0, h0, mask, unroll, reverse)
+  return (carry, hs), (w_h, valid, res, hs, h0, mask)
 
 
 def _h_prev(hs, valid, h0, reverse):
@@ -112,10 +119,12 @@ def _h_prev(hs, valid, h0, reverse):
 
 
 def _scan_bwd(unroll, reverse, saved, cts):
-  w_h, valid, (ks, js, fs), hs, h0 = saved
+  w_h, valid, (ks, js, fs), hs, h0, mask = saved
   (dc_t, dh_t), d_hs = cts
   w_ht = w_h.T
   hidden = w_h.shape[0]
+  # Recurrent dropout: z = (h m) W_h, so d(h m) = dz W_h^T and dh = d(h m) m.
+  rec = (lambda dz: dz @ w_ht) if mask is None else (lambda dz: (dz @ w_ht) * mask)
 
   def body(carry, inp):
     dc, dh = carry
@@ -127,24 +136,34 @@ def _scan_bwd(unroll, reverse, saved, cts):
     k_i, k_f, k_g, k_o = jnp.split(k, 4, axis=-1)
     dz = jnp.concatenate([k_i * dc_new, k_f * dc_new, k_g * dc_new,
                           k_o * dh_new], axis=-1)
-    dh_prev = dz @ w_ht + jnp.where(m, zero, dh)
+    dh_prev = rec(dz) + jnp.where(m, zero, dh)
     dc_prev = dc_new * f + jnp.where(m, zero, dc)
     return (dc_prev, dh_prev), dz
 
   (dc0, dh0), dzs = jax.lax.scan(body, (dc_t, dh_t), (ks, js, fs, valid, d_hs),
                                  unroll=unroll, reverse=not reverse)
   t, b = dzs.shape[:2]
-  h_prev = _h_prev(hs, valid, h0, reverse).reshape(t * b, hidden)
-  dw_h = h_prev.T @ dzs.reshape(t * b, 4 * hidden)
-  return dw_h.astype(w_h.dtype), dzs, None, dc0, dh0
+  h_prev = _h_prev(hs, valid, h0, reverse)
+  dz2 = dzs.reshape(t * b, 4 * hidden)
+  if mask is None:
+    dw_h = h_prev.reshape(t * b, hidden).T @ dz2
+    return dw_h.astype(w_h.dtype), dzs, None, dc0, dh0, None
+  dw_h = (h_prev * mask).reshape(t * b, hidden).T @ dz2
+  d_mask = jnp.sum(h_prev * (dz2 @ w_ht).reshape(t, b, hidden), axis=0)
+  return dw_h.astype(w_h.dtype), dzs, None, dc0, dh0, d_mask
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 def lstm_scan_fused(w_h, xs_proj, lengths, init_carry, *, unroll: int = 1,
-                    reverse: bool = False, time_major: bool = False):
+                    reverse: bool = False, time_major: bool = False,
+                    recurrent_mask=None):
   """`jaxdl.models.lstm.lstm_scan` (same arguments and results), custom VJP.
+
+  Forces this implementation, whatever the platform; forward-mode autodiff
+  (`jax.jvp`) cannot differentiate it: use `lstm_scan`, whose `impl` routes
+  forward mode to the plain scan.
 
   `time_major=True`: `xs_proj` is [T, B, 4H] and the outputs [T, B, H], which
   saves two [T, B, 4H]-sized transposes (and their gradients' transposes) when
@@ -157,6 +176,8 @@ def lstm_scan_fused(w_h, xs_proj, lengths, init_carry, *, unroll: int = 1,
   valid = jnp.arange(t, dtype=jnp.int32)[:, None] < lengths[None, :].astype(jnp.int32)
   c0, h0 = init_carry
   w_h = w_h.astype(xs.dtype)
+  if recurrent_mask is not None:
+    recurrent_mask = recurrent_mask.astype(xs.dtype)
   carry, hs = _scan(w_h, xs, valid, c0.astype(xs.dtype), h0.astype(xs.dtype),
-                    int(unroll), bool(reverse))
+                    recurrent_mask, int(unroll), bool(reverse))
   return carry, (hs if time_major else jnp.swapaxes(hs, 0, 1))
