@@ -4,7 +4,9 @@ The `lstm_classifier` projects the inputs of all time steps with one matrix
 product before `lax.scan` (x W_x for [B*T, E] x [E, 4H]); the alternative does
 x_t W_x inside the scan body, T small products in sequence. This script times
 one jitted train step (forward + backward + Adam) of each, same parameters,
-same data, same dropout, and prints a markdown table.
+same data, same dropout, and prints a markdown table. Both are the plain
+autodiff scan (`scan_impl='autodiff'`: the model's default 'auto' would be
+the fused backward on CPU, a second difference).
 
   python scripts/bench_lstm_scan.py [--batch_sizes 32,128] [--windows 7]
 
@@ -132,7 +134,8 @@ def main():
   args = ap.parse_args()
 
   model = get_model("lstm_classifier", vocab_size=VOCAB, embed_dim=EMBED,
-                    hidden_size=HIDDEN, spatial_dropout=DROPOUT)
+                    hidden_size=HIDDEN, spatial_dropout=DROPOUT,
+                    scan_impl="autodiff")
   opt = optax.adam(1e-3)
   steps, logit_fns = make_steps(model, opt)
   rows = []

@@ -1,5 +1,9 @@
-"""IMDB LSTM: Embedding(10000, 128), spatial dropout 0.4, LSTM 100, Dense 1
-(sigmoid binary cross-entropy), Adam; reviews padded/truncated to 100 words."""
+"""IMDB LSTM, the seeds' Keras model: Embedding(10000, 128), SpatialDropout1D(0.4),
+LSTM(100, dropout=0.2, recurrent_dropout=0.2), Dense(1, sigmoid) (binary
+cross-entropy on the logit), Adam; reviews padded/truncated to 100 words.
+The LSTM's dropout masks are one per sequence, shared by the four gates
+(Keras draws one per gate when recurrent_dropout > 0: jaxdl.models.lstm); its
+scan is the model's default ('auto': jaxdl.ops.platform)."""
 
 import ml_collections
 
@@ -28,5 +32,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.name = "lstm_classifier"
   c.model.kwargs = ml_collections.ConfigDict(dict(
       vocab_size=10000, embed_dim=128, hidden_size=100, spatial_dropout=0.4,
-      num_layers=1, bidirectional=False, unroll=1, scan_impl="fused"))
+      dropout=0.2, recurrent_dropout=0.2, num_layers=1, bidirectional=False,
+      unroll=1))
   return c
