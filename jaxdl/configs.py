@@ -100,6 +100,9 @@ def validate(config, num_devices: int = 1) -> None:
   if config.get("color_mode", "") not in ("", "grayscale", "rgb"):
     raise ConfigError(f"color_mode={config.color_mode!r}: choose '' (as stored), "
                       "'grayscale' or 'rgb' (--config.color_mode=...)")
+  if config.get("truncating", "post") not in ("pre", "post"):
+    raise ConfigError(f"truncating={config.truncating!r}: choose 'post' (keep each "
+                      "text's beginning) or 'pre' (its end) (--config.truncating=...)")
   if config.get("dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"dtype={config.dtype!r}: choose float32 or bfloat16 "
                       "(--config.dtype=...)")

@@ -69,8 +69,9 @@ def inference_fn(run, state):
     shape, dtype = (maxlen,), "int32"
     note = ("int32 token ids from the run's tokenizer (see 'tokenizer'): lowercase, <br /> "
             "-> space, Keras' punctuation filter, split on whitespace; word -> id "
-            "(index in words + 2, unknown = 1), post-padded with 0 / post-truncated to "
-            f"maxlen={maxlen}")
+            "(index in words + 2, unknown = 1), post-padded with 0 / "
+            f"{info.get('truncating', 'post')}-truncated to maxlen={maxlen} (keeping "
+            f"{'the end' if info.get('truncating') == 'pre' else 'the beginning'})")
     mean = std = None
   else:
     shape, dtype = tuple(int(d) for d in info["input_shape"]), "float32"

@@ -108,7 +108,8 @@ class Predictor:
   def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
     from jaxdl.data import text  # pylint: disable=g-import-not-at-top
     maxlen = int(self.info.get("maxlen") or self.run.config.get("maxlen", 100))
-    return text.pad_sequences([self.tokenizer.encode(t) for t in texts], maxlen)
+    return text.pad_sequences([self.tokenizer.encode(t) for t in texts], maxlen,
+                              truncating=self.info.get("truncating", "post"))
 
   def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
     return self.predict(self.encode_texts(texts))

@@ -199,3 +199,27 @@ def test_works_as_grain_source():
   first = ds[0]
   np.testing.assert_array_equal(first["inputs"], [[0, 1], [2, 3]])
   np.testing.assert_array_equal(first["label"], [0, 1])
+
+
+def test_pre_truncation_keeps_each_texts_end_and_pads_after(tmp_path):
+  """truncating='pre' (Keras' default) keeps the last maxlen ids; padding
+  stays 'post' so the LSTM's lengths still see real tokens first."""
+  from jaxdl.data import text  # pylint: disable=g-import-not-at-top
+  splits = {"train": (["a b c d e f", "a b"], np.array([0, 1], np.int32)),
+            "test": (["c d e f", "f"], np.array([1, 0], np.int32))}
+  post = text.tokenize_splits(splits, None, num_words=100, maxlen=3, name="t")
+  pre = text.tokenize_splits(splits, None, num_words=100, maxlen=3, name="t",
+                             truncating="pre")
+  tok = text.Tokenizer(100).fit(splits["train"][0])
+  ids = tok.encode("a b c d e f")
+  np.testing.assert_array_equal(post["train"].arrays[0][0], ids[:3])
+  np.testing.assert_array_equal(pre["train"].arrays[0][0], ids[-3:])
+  np.testing.assert_array_equal(pre["test"].arrays[0][1], [tok.encode("f")[0], 0, 0])
+
+
+def test_bad_truncating_is_a_config_error():
+  from jaxdl import configs  # pylint: disable=g-import-not-at-top
+  c = configs.base_config()
+  c.truncating = "middle"
+  with pytest.raises(configs.ConfigError, match="truncating='middle'"):
+    configs.validate(c)

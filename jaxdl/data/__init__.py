@@ -30,7 +30,8 @@ def load_dataset(config, workdir: str):
     return sources.load_image_dataset(name, data_dir, **image_options(config))
   if name in TEXT_DATASETS:
     from jaxdl.data import text  # pylint: disable=g-import-not-at-top
-    kwargs = dict(num_words=config.get("num_words", 10000), maxlen=config.get("maxlen", 100))
+    kwargs = dict(num_words=config.get("num_words", 10000), maxlen=config.get("maxlen", 100),
+                  truncating=config.get("truncating", "post"))
     if name == "text_folder":
       return text.load_text_folder(data_dir, workdir, **kwargs)
     return text.load_imdb(data_dir, workdir, source=config.get("imdb_source", "archive"),

@@ -293,8 +293,13 @@ def read_imdb_tfds(data_dir: str | None
 
 def tokenize_splits(splits: dict[str, tuple[list[str], np.ndarray]],
                     workdir: str | None, *, num_words: int, maxlen: int,
-                    name: str) -> dict[str, TextArraySource]:
+                    name: str, truncating: str = "post") -> dict[str, TextArraySource]:
   """{split: TextArraySource of padded token ids} with the run's tokenizer.
+
+  Longer texts keep their first (`truncating='post'`) or last ('pre', Keras'
+  default: the end of a review says most about its verdict) `maxlen` ids;
+  shorter ones are always post-padded (the LSTM's lengths assume real tokens
+  first).
 
   The tokenizer is `workdir/tokenizer.json` when it exists (resume,
   prediction), else fitted on the train texts and saved there (not saved when
@@ -313,13 +318,14 @@ def tokenize_splits(splits: dict[str, tuple[list[str], np.ndarray]],
       tokenizer.save(tok_path)
   sources = {}
   for split, (texts, labels) in splits.items():
-    ids = pad_sequences([tokenizer.encode(t) for t in texts], maxlen)
+    ids = pad_sequences([tokenizer.encode(t) for t in texts], maxlen,
+                        truncating=truncating)
     sources[split] = TextArraySource(ids, labels, name=f"{name}/{split}")
   return sources
 
 
 def load_imdb(data_dir: str, workdir: str | None, *, num_words: int = 10000,
-              maxlen: int = 100, source: str = "archive"
+              maxlen: int = 100, source: str = "archive", truncating: str = "post"
               ) -> tuple[TextArraySource, TextArraySource, dict]:
   """(train, test, info) of padded token ids for IMDB sentiment.
 
@@ -334,13 +340,14 @@ def load_imdb(data_dir: str, workdir: str | None, *, num_words: int = 10000,
     raise ConfigError(f"imdb_source={source!r}: choose 'archive', 'folder' or 'tfds' "
                       "(--config.imdb_source=...)")
   sources = tokenize_splits(readers[source](data_dir), workdir, num_words=num_words,
-                            maxlen=maxlen, name="imdb")
-  info = {"num_classes": 2, "vocab_size": num_words, "maxlen": maxlen}
+                            maxlen=maxlen, name="imdb", truncating=truncating)
+  info = {"num_classes": 2, "vocab_size": num_words, "maxlen": maxlen,
+          "truncating": truncating}
   return sources["train"], sources["test"], info
 
 
 def load_text_folder(data_dir: str, workdir: str | None, *, num_words: int = 10000,
-                     maxlen: int = 100
+                     maxlen: int = 100, truncating: str = "post"
                      ) -> tuple[TextArraySource, TextArraySource, dict]:
   """(train, test, info) of `data_dir/{train,test}/<class>/*.txt`.
 
@@ -349,7 +356,7 @@ def load_text_folder(data_dir: str, workdir: str | None, *, num_words: int = 100
   """
   splits, names = read_text_folder(data_dir)
   sources = tokenize_splits(splits, workdir, num_words=num_words, maxlen=maxlen,
-                            name="text_folder")
+                            name="text_folder", truncating=truncating)
   info = {"num_classes": len(names), "vocab_size": num_words, "maxlen": maxlen,
-          "class_names": names}
+          "truncating": truncating, "class_names": names}
   return sources["train"], sources["test"], info
