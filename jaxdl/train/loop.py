@@ -215,13 +215,15 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
   t_start = time.perf_counter()
   run = Run(config, workdir, mesh=mesh)
   cfg, engine, ckpt = run.config, run.engine, run.checkpointer
-  _write_json(os.path.join(run.workdir, "config.json"), cfg.to_dict())
   it = run.data_iterator()
   try:
     state, resumed = run.restore_or_init(it)
   except BaseException:
     _close_quietly(ckpt)
     raise
+  # Only now, with the checkpoint accepted for this config: a refused launch
+  # (another model's checkpoint) must leave the run's config.json as it was.
+  _write_json(os.path.join(run.workdir, "config.json"), cfg.to_dict())
   start = int(resumed or 0)
   _truncate_metrics(os.path.join(run.workdir, "metrics.jsonl"), start)
   eval_every = cfg.eval_every or run.steps_per_epoch

@@ -1,17 +1,22 @@
 """Launching again on a run's workdir, as a new user would (issue 17):
 
 - `--which=best` is the best eval by the task's metric, and that checkpoint
-  survives any number of resumes.
+  survives any number of resumes;
+- a refused launch (another model's checkpoint, the lock of a live run)
+  changes no file of the run it was refused on.
 """
 
 from __future__ import annotations
+
+import pathlib
+import shutil
 
 import jax
 import pytest
 
 from conftest import digits_mlp_config
 import relutil
-from jaxdl import checkpoint, evaluate, parallel
+from jaxdl import checkpoint, evaluate, lock, parallel
 from jaxdl.train import loop
 
 ONE = parallel.make_mesh(jax.devices()[:1])
@@ -27,6 +32,27 @@ def _diverging(**kw):
   c.optimizer.step_boundaries = (20,)
   c.optimizer.step_factor = 100.0
   return c
+
+
+def _autoencoder(task="autoencoder", model="dense_autoencoder"):
+  c = digits_mlp_config(task=task, num_steps=20)
+  c.model.name = model
+  c.model.kwargs = {"hidden": (16,), "latent_dim": 4}
+  return c
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory):
+  """A finished 20-step dense autoencoder run on digits."""
+  wd = tmp_path_factory.mktemp("ae")
+  loop.train_and_evaluate(_autoencoder(), str(wd), mesh=ONE)
+  return wd
+
+
+def _copy(src, tmp_path) -> pathlib.Path:
+  wd = tmp_path / "run"
+  shutil.copytree(src, wd)
+  return wd
 
 
 def _evals(wd) -> dict[int, dict]:
@@ -57,3 +83,31 @@ def test_best_is_the_best_eval_and_survives_resumes(tmp_path):
     assert (ckpt.best_step(), ckpt.latest_step()) == (20, n)
     ckpt.close()
   assert _best(wd)[0] == 20  # what `python -m jaxdl.evaluate --which=best` reports
+
+
+def _snapshot(wd) -> dict[str, tuple]:
+  """Every path under `wd`: (bytes, mtime_ns) for files, None for folders."""
+  out = {}
+  for p in sorted(pathlib.Path(wd).rglob("*")):
+    rel = str(p.relative_to(wd))
+    out[rel] = (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+  return out
+
+
+def test_refused_launch_of_another_model_changes_no_file(ae_run, tmp_path):
+  # The VAE command on the dense autoencoder's workdir.
+  wd = _copy(ae_run, tmp_path)
+  before = _snapshot(wd)
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="another model"):
+    loop.train_and_evaluate(_autoencoder("vae", "vae"), str(wd), mesh=ONE)
+  assert _snapshot(wd) == before
+  assert _best(wd, "latest")[0] == 20  # the original run still evaluates
+
+
+def test_refused_launch_on_a_locked_workdir_changes_no_file(ae_run, tmp_path):
+  wd = _copy(ae_run, tmp_path)
+  with lock.WorkdirLock(str(wd)):  # a live run (this process) holds it
+    before = _snapshot(wd)
+    with pytest.raises(lock.WorkdirLockedError, match="in use by another run"):
+      loop.train_and_evaluate(_autoencoder("vae", "vae"), str(wd), mesh=ONE)
+    assert _snapshot(wd) == before
