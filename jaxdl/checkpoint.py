@@ -163,7 +163,7 @@ def _data_process_count(data_dir: str) -> int | None:
   return counts.pop() if len(counts) == 1 else None
 
 
-def _agree(ok: bool) -> bool:
+def agree(ok: bool) -> bool:
   """True only if every process says ok (they must pick the same step)."""
   if jax.process_count() == 1:
     return ok
@@ -538,7 +538,7 @@ class Checkpointer:
         ok, problem = True, None
       except CorruptCheckpointError as e:
         ok, problem = False, e
-      if _agree(ok):
+      if agree(ok):
         return state, step, extra
       moved = self.quarantine(step)
       if jax.process_index() == 0:

@@ -221,10 +221,19 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
   except BaseException:
     _close_quietly(ckpt)
     raise
+  start = int(resumed or 0)
+  saved = _finished_summary(run.workdir, state) if start >= run.num_steps else None
+  if saved is not None:
+    # A finished run launched again: nothing to train, and its summary (wall
+    # time, examples/s, the task's own eval metrics) stays as it was.
+    ckpt.close()
+    if jax.process_index() == 0:
+      print(f"run already finished at step {start} in {run.workdir}; summary.json "
+            "unchanged", file=stream or sys.stdout, flush=True)
+    return {**saved, "resumed_from": resumed}
   # Only now, with the checkpoint accepted for this config: a refused launch
   # (another model's checkpoint) must leave the run's config.json as it was.
   _write_json(os.path.join(run.workdir, "config.json"), cfg.to_dict())
-  start = int(resumed or 0)
   _truncate_metrics(os.path.join(run.workdir, "metrics.jsonl"), start)
   eval_every = cfg.eval_every or run.steps_per_epoch
   ckpt_every = cfg.checkpoint_every or eval_every
@@ -298,8 +307,9 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
   finally:
     progress.close()
   ckpt.close()
-  if not eval_metrics and resumed is not None:
+  if not eval_metrics and resumed is not None:  # e.g. killed before summary.json
     eval_metrics = run.evaluate(state)
+    eval_metrics.update(run.task.on_evaluate(state, run.workdir, start) or {})
   writer.write_hparams(jlog.flatten_hparams(cfg), eval_metrics)
   writer.close()
   wall = time.perf_counter() - t_start
@@ -321,6 +331,19 @@ def _train(config, workdir: str, mesh, stream) -> dict[str, Any]:
   _write_json(os.path.join(run.workdir, "summary.json"), summary)
   plots.write_run_plots(run.workdir, run=run, state=state)
   return summary
+
+
+def _finished_summary(workdir: str, state) -> dict[str, Any] | None:
+  """The saved summary.json if it is that of the restored state (same final
+  step and params), else None; every process gets the same answer."""
+  try:
+    with open(os.path.join(workdir, "summary.json"), encoding="utf-8") as f:
+      saved = json.load(f)
+    ok = (isinstance(saved, dict) and saved.get("final_step") == int(state.step) and
+          saved.get("params_sha256") == params_sha256(state.params))
+  except (OSError, ValueError):
+    saved, ok = None, False
+  return saved if checkpoint.agree(ok) else None
 
 
 def _close_quietly(ckpt) -> None:

@@ -3,11 +3,13 @@
 - `--which=best` is the best eval by the task's metric, and that checkpoint
   survives any number of resumes;
 - a refused launch (another model's checkpoint, the lock of a live run)
-  changes no file of the run it was refused on.
+  changes no file of the run it was refused on;
+- relaunching a finished run leaves its summary.json as it was.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 
@@ -111,3 +113,27 @@ def test_refused_launch_on_a_locked_workdir_changes_no_file(ae_run, tmp_path):
     with pytest.raises(lock.WorkdirLockedError, match="in use by another run"):
       loop.train_and_evaluate(_autoencoder("vae", "vae"), str(wd), mesh=ONE)
     assert _snapshot(wd) == before
+
+
+def test_relaunched_finished_autoencoder_keeps_its_summary(ae_run, tmp_path):
+  wd = _copy(ae_run, tmp_path)
+  saved = (wd / "summary.json").read_bytes()
+  assert "reference_mse" in json.loads(saved)["eval"]  # the task's own metric
+  again = loop.train_and_evaluate(_autoencoder(), str(wd), mesh=ONE)
+  assert (wd / "summary.json").read_bytes() == saved
+  assert again == {**json.loads(saved), "resumed_from": 20}  # what this launch did
+
+
+def test_relaunched_finished_run_prints_its_result_and_keeps_its_summary(tmp_path):
+  args = ["--config.dataset=digits", "--config.num_epochs=0", "--config.num_steps=3",
+          "--config.tensorboard=False", "--num_cpu_devices=1", f"--workdir={tmp_path}"]
+  first = relutil.run("mnist_mlp", *args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  saved = (tmp_path / "summary.json").read_bytes()
+  done = [l for l in first.stdout.splitlines() if l.startswith("done: step 3 |")]
+  assert len(done) == 1, first.stdout
+  again = relutil.run("mnist_mlp", *args)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert (tmp_path / "summary.json").read_bytes() == saved
+  assert f"run already finished at step 3 in {tmp_path}" in again.stdout
+  assert done[0] in again.stdout.splitlines()  # the same result line as the first launch
