@@ -6,12 +6,16 @@
 `--config` is an ml_collections config file (each experiment has a default);
 any field can be overridden as `--config.a.b=value` after the flagfile. A bad
 flag or value, a missing dataset or an unwritable workdir is one line on
-stderr and a non-zero exit.
+stderr and a non-zero exit (2 for the command line itself: an unknown flag or
+config field, with the closest field name, an unreadable --flagfile or
+--config file).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -39,13 +43,74 @@ def _define_flags(default_config: str) -> None:
                     "and synchronous CPU dispatch (see docs/performance.md)")
 
 
-def _parse(argv):
+def _unknown_config_field(argv, default_config: str) -> str | None:
+  """'unknown config field ...' for the first `--config.a.b=...` in `argv` that
+  names no field of the config, with the closest existing name; else None."""
+  from ml_collections.config_flags import config_flags as cf  # pylint: disable=g-import-not-at-top
+  path = default_config
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f"error: {msg} (see --helpfull)", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    config = cf.ConfigFileFlagParser("config", lock_config=False).parse(path)
+  except Exception:  # pylint: disable=broad-except
+    return None  # not a config problem this can name
+  for arg in argv:
+    m = re.match(r"^--?(?:no)?config\.([^=\s]+)", arg)
+    if not m:
+      continue
+    node, parts = config, m.group(1).split(".")
+    for i, part in enumerate(parts):
+      key = re.sub(r"\[\d+\]$", "", part)  # a tuple element: --config.a[0]=...
+      if hasattr(node, "keys") and key in node.keys():
+        node = node[key]
+        continue
+      name = ".".join(parts[:i] + [key])
+      close = difflib.get_close_matches(key, list(node.keys()), n=1) if hasattr(
+          node, "keys") else []
+      hint = (f"did you mean {'.'.join(parts[:i] + close)!r}?" if close
+              else "see --helpfull")
+      return f"unknown config field {name!r} ({hint})"
+  return None
+
+
+def _usage_error(e: Exception, argv, default_config: str) -> str | None:
+  """The one line for a command line absl or ml_collections refused, or None
+  for an error that is not about the command line."""
+  if isinstance(e, flags.CantOpenFlagFileError):
+    m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
+    if m:
+      return f"cannot read --flagfile={m.group(2)} ({m.group(1)})"
+  try:
+    argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+  except flags.Error:
+    pass
+  field = _unknown_config_field(argv, default_config)
+  if field:
+    return field
+  if isinstance(e, flags.Error):
+    msg = str(e).replace("ERROR:: ", "").splitlines()
+    return f"{msg[0] if msg else type(e).__name__} (see --helpfull)"
+  return None
+
+
+def _exit_usage(e: Exception, argv, default_config: str) -> None:
+  msg = _usage_error(e, argv, default_config)
+  if msg is None:
+    raise e
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(EXIT_USAGE)
+
+
+def _parser(default_config: str):
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      _exit_usage(e, argv, default_config)
+  return parse
 
 
 def _main(argv) -> None:
@@ -54,6 +119,13 @@ def _main(argv) -> None:
           file=sys.stderr)
     sys.exit(EXIT_USAGE)
   FLAGS = flags.FLAGS
+  try:
+    FLAGS.config.keys()  # a --config=FILE that failed to load raises only when used
+  except OSError as e:
+    m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
+    print(f"error: cannot load --config={m.group(2)} ({m.group(1)})" if m else
+          f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
   if not FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   from jaxdl import runtime  # pylint: disable=g-import-not-at-top
@@ -83,5 +155,10 @@ def run(experiment_file: str, config_name: str) -> None:
   """Entry point: `run(__file__, 'mnist_mlp')` from `experiments/<name>.py`."""
   default = os.path.join(os.path.dirname(os.path.abspath(experiment_file)),
                          "configs", f"{config_name}.py")
-  _define_flags(default)
-  app.run(_main, flags_parser=_parse)
+  try:
+    # ml_collections reads the flagfiles and applies the --config.* overrides
+    # here already, when no --config=FILE is given.
+    _define_flags(default)
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_usage(e, sys.argv, default)
+  app.run(_main, flags_parser=_parser(default))

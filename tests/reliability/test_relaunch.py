@@ -4,7 +4,8 @@
   survives any number of resumes;
 - a refused launch (another model's checkpoint, the lock of a live run)
   changes no file of the run it was refused on;
-- relaunching a finished run leaves its summary.json as it was.
+- relaunching a finished run leaves its summary.json as it was;
+- a misspelled config field or a missing flagfile is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -137,3 +138,21 @@ def test_relaunched_finished_run_prints_its_result_and_keeps_its_summary(tmp_pat
   assert (tmp_path / "summary.json").read_bytes() == saved
   assert f"run already finished at step 3 in {tmp_path}" in again.stdout
   assert done[0] in again.stdout.splitlines()  # the same result line as the first launch
+
+
+@pytest.mark.parametrize("args,want", [
+    (["--config.batchsize=64"],
+     "error: unknown config field 'batchsize' (did you mean 'batch_size'?)"),
+    (["--config.optimizer.learnig_rate=0.1"],
+     "error: unknown config field 'optimizer.learnig_rate' "
+     "(did you mean 'optimizer.learning_rate'?)"),
+    (["--flagfile=/nonexistent.flags"],
+     "error: cannot read --flagfile=/nonexistent.flags (No such file or directory)"),
+    (["--config=/nonexistent.py"],
+     "error: cannot load --config=/nonexistent.py (No such file or directory)"),
+])
+def test_bad_config_field_or_flagfile_is_one_line(tmp_path, args, want):
+  r = relutil.run("mnist_mlp", *args, f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert relutil.error_lines(r) == [want], r.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
