@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import inspect
 import re
 
 import jax
@@ -92,17 +93,24 @@ except ModuleNotFoundError:
 
 
 def _plain(config):
-  """The same config with every implementation field set to its plain form."""
+  """The same config with every model's implementation fields set to their
+  plain form, whether the config names them or leaves the default ('auto')."""
   plain = {"conv_impl": "xla", "scan_impl": "autodiff"}
-
-  def walk(node):
-    for key in list(node.keys()):
-      if key in plain:
-        node[key] = plain[key]
-      elif isinstance(node[key], ml_collections.ConfigDict):
-        walk(node[key])
   c = ml_collections.ConfigDict(config.to_dict())
-  walk(c)
+  nodes = [(c.model.get("name"), c.model, "kwargs")]
+  if "gan" in c:
+    nodes += [(c.gan.get("generator", "dcgan_generator"), c.gan, "generator_kwargs"),
+              (c.gan.get("discriminator", "dcgan_discriminator"), c.gan,
+               "discriminator_kwargs")]
+  for name, parent, key in nodes:
+    if name not in models.registry():
+      continue
+    params = inspect.signature(models.registry()[name]).parameters
+    kwargs = dict(parent.get(key) or {})
+    for field, value in plain.items():
+      if field in params:
+        kwargs[field] = value
+    parent[key] = ml_collections.ConfigDict(kwargs)
   return c
 
 
@@ -134,6 +142,13 @@ def _export_ops(run, platforms):
   exported = jax.export.export(run.engine.train_step, platforms=platforms)(
       state, _abstract_batch(run))
   return exported.mlir_module()
+
+
+def test_plain_config_names_the_plain_implementations():
+  lstm = _plain(_experiment_config("imdb_lstm"))
+  assert lstm.model.kwargs.scan_impl == "autodiff"
+  gan = _plain(_experiment_config("mnist_gan"))
+  assert gan.gan.generator_kwargs.conv_impl == gan.gan.discriminator_kwargs.conv_impl == "xla"
 
 
 def test_every_registered_model_has_a_case(tmp_path, monkeypatch):

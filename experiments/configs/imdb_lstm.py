@@ -17,6 +17,7 @@ def imdb_base() -> ml_collections.ConfigDict:
   c.imdb_source = "archive"     # or 'tfds' (imdb_reviews prepared as array_record)
   c.num_words = 10000           # vocabulary: the most frequent training words
   c.maxlen = 100
+  c.truncating = "pre"          # keep each review's last maxlen words, as Keras does
   c.loss = "sigmoid_binary_cross_entropy"
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
