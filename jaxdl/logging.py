@@ -20,6 +20,13 @@ def _is_chief() -> bool:
   return jax.process_index() == 0
 
 
+def _step_files(workdir: str, step: int, ext: str) -> list[tuple[str, str]]:
+  """(NAME, path) of every `NAME_{step:06d}{ext}` in `workdir`, sorted."""
+  suffix = f"_{int(step):06d}{ext}"
+  return [(name[:-len(suffix)], os.path.join(workdir, name))
+          for name in sorted(os.listdir(workdir)) if name.endswith(suffix)]
+
+
 class MetricWriter:
   """`workdir/metrics.jsonl` (one {"step", "split", "metrics"} per line) and
   TensorBoard events under `workdir/tensorboard`."""
@@ -61,14 +68,12 @@ class MetricWriter:
     if not self.enabled or self._tb is None:
       return []
     from PIL import Image  # pylint: disable=g-import-not-at-top
-    suffix = f"_{int(step):06d}.png"
     tags = []
-    for name in sorted(os.listdir(workdir)):
-      if name.endswith(suffix):
-        with Image.open(os.path.join(workdir, name)) as img:
-          pixels = np.asarray(img.convert("L" if img.mode in ("L", "I", "1") else "RGB"))
-        tags.append(name[:-len(suffix)])
-        self.write_image(step, tags[-1], pixels)
+    for tag, path in _step_files(workdir, step, ".png"):
+      with Image.open(path) as img:
+        pixels = np.asarray(img.convert("L" if img.mode in ("L", "I", "1") else "RGB"))
+      self.write_image(step, tag, pixels)
+      tags.append(tag)
     return tags
 
   def write_text(self, step: int, tag: str, text: str) -> None:
@@ -84,14 +89,11 @@ class MetricWriter:
     Returns the tags written."""
     if not self.enabled or self._tb is None:
       return []
-    suffix = f"_{int(step):06d}.txt"
     tags = []
-    for name in sorted(os.listdir(workdir)):
-      if name.endswith(suffix):
-        with open(os.path.join(workdir, name), encoding="utf-8") as f:
-          body = f.read()
-        tags.append(name[:-len(suffix)])
-        self.write_text(step, tags[-1], body)
+    for tag, path in _step_files(workdir, step, ".txt"):
+      with open(path, encoding="utf-8") as f:
+        self.write_text(step, tag, f.read())
+      tags.append(tag)
     return tags
 
   def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:

@@ -34,6 +34,14 @@ def fashion_mnist_dir():
   return str(d)
 
 
+def set_field(config, key: str, value) -> None:
+  """config['a.b.c'] = value for a dotted `key` (as --config.a.b.c=value)."""
+  *path, leaf = key.split(".")
+  for part in path:
+    config = config[part]
+  config[leaf] = value
+
+
 def digits_mlp_config(**overrides):
   """A small in-process run: an MLP on the bundled digits, 40 steps, eval every
   20, checkpoints every 10, no TensorBoard; `overrides` set config fields."""

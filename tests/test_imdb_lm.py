@@ -9,7 +9,7 @@ import math
 import pytest
 
 import realdata
-from conftest import REPO
+from conftest import REPO, set_field
 from runner import run_experiment, summary
 
 SMOKE = "experiments/flagfiles/imdb_lm_smoke.flags"
@@ -29,18 +29,13 @@ def _config(**overrides):
   for line in (REPO / SMOKE).read_text().splitlines():
     if line.startswith("--config."):
       key, value = line[len("--config."):].split("=", 1)
-      *path, leaf = key.split(".")
       node = c
-      for part in path:
+      for part in key.split(".")[:-1]:
         node = node[part]
-      old = node[leaf]
-      node[leaf] = value == "True" if isinstance(old, bool) else type(old)(value)
+      old = node[key.split(".")[-1]]
+      set_field(c, key, value == "True" if isinstance(old, bool) else type(old)(value))
   for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    node = c
-    for part in path:
-      node = node[part]
-    node[leaf] = value
+    set_field(c, key, value)
   return c
 
 

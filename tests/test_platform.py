@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import set_field
 from jaxdl import models
 from jaxdl.data.sources import ArraySource
 from jaxdl.data.text import TextArraySource
@@ -60,11 +61,7 @@ def _experiment_config(name, **overrides):
   c.num_steps = 4
   c.tensorboard = False
   for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+    set_field(c, key, value)
   return c
 
 
