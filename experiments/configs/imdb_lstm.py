@@ -30,6 +30,7 @@ def imdb_base() -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = imdb_base()
+  c.batch_size = 32             # the Keras program's (batch 64: 0.848 at best, 0.844 last)
   c.model.name = "lstm_classifier"
   c.model.kwargs = ml_collections.ConfigDict(dict(
       vocab_size=10000, embed_dim=128, hidden_size=100, spatial_dropout=0.4,
