@@ -529,3 +529,33 @@ def test_killed_image_folder_run_resumes_bit_identically(tmp_path):
   a, b = summary(tmp_path / "ref"), summary(wd)
   assert a["params_sha256"] == b["params_sha256"] and a["eval"] == b["eval"]
   assert _records(wd) == _records(tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_killed_text_folder_run_resumes_bit_identically(tmp_path):
+  root = tmp_path / "data"
+  rng = np.random.default_rng(0)
+  words = {"pos": ["good", "great", "fine", "nice"], "neg": ["bad", "awful", "dull", "poor"]}
+  for split, n in (("train", 24), ("test", 8)):
+    for c, ws in words.items():
+      for i in range(n):
+        p = root / split / c / f"{i:03d}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(" ".join(rng.choice(ws + ["the", "film", "was"], size=12)))
+  args = ["--flagfile=experiments/flagfiles/imdb_lstm_smoke.flags",
+          "--config.dataset=text_folder", f"--config.data_dir={root}",
+          "--config.batch_size=8", "--config.num_steps=20", "--config.checkpoint_every=5",
+          "--config.eval_every=10", "--config.log_every=5", "--config.tensorboard=False",
+          "--config.async_checkpoints=False", "--num_cpu_devices=1"]
+  ref = run_experiment("imdb_lstm", *args, f"--workdir={tmp_path / 'ref'}")
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  wd = tmp_path / "killed"
+  r = run_experiment("imdb_lstm", *args, f"--workdir={wd}",
+                     env={"JAXDL_FAULT_KILL": "step:13"})
+  assert r.returncode == -9, r.stderr[-2000:]
+  r = run_experiment("imdb_lstm", *args, f"--workdir={wd}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "resumed from step 10" in r.stdout, r.stdout[-2000:]
+  a, b = summary(tmp_path / "ref"), summary(wd)
+  assert a["params_sha256"] == b["params_sha256"] and a["eval"] == b["eval"]
+  assert _records(wd) == _records(tmp_path / "ref")
