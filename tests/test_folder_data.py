@@ -370,7 +370,7 @@ def test_text_folder_labels_order_and_tokenizer(tmp_path):
   c.dataset, c.data_dir = "text_folder", str(root)
   train, test, info = load_dataset(c, str(workdir))
   assert info == {"num_classes": 3, "vocab_size": 10000, "maxlen": 100,
-                  "class_names": ["arts", "cooking", "sports"]}
+                  "truncating": "post", "class_names": ["arts", "cooking", "sports"]}
   np.testing.assert_array_equal(train.arrays[1], [0, 0, 1, 1, 1, 2, 2])
   splits, names = text_lib.read_text_folder(str(root))
   assert splits["train"][0][0] == "a painting train" and names == info["class_names"]
@@ -485,7 +485,7 @@ def test_real_imdb_subset_folder_equals_archive(tmp_path, monkeypatch):
   kw = dict(num_words=2000, maxlen=80)
   a_train, a_test, _ = text_lib.load_imdb(str(tmp_path), None, **kw)
   f_train, f_test, info = text_lib.load_imdb(str(folder), None, source="folder", **kw)
-  assert info == {"num_classes": 2, "vocab_size": 2000, "maxlen": 80}
+  assert info == {"num_classes": 2, "vocab_size": 2000, "maxlen": 80, "truncating": "post"}
   assert len(f_train) == 200 and len(f_test) == 100
   np.testing.assert_array_equal(f_train.arrays[1], [0] * 100 + [1] * 100)  # neg, then pos
   for a, f in ((a_train, f_train), (a_test, f_test)):

@@ -71,7 +71,7 @@ def test_load_imdb_end_to_end(imdb_dir, tmp_path):
   workdir = str(tmp_path / "work")
   train, test, info = text_lib.load_imdb(imdb_dir, workdir, num_words=12,
                                          maxlen=10)
-  assert info == {"num_classes": 2, "vocab_size": 12, "maxlen": 10}
+  assert info == {"num_classes": 2, "vocab_size": 12, "maxlen": 10, "truncating": "post"}
   assert len(train) == 12 and len(test) == 12
   ex = train[0]
   assert ex["inputs"].shape == (10,) and ex["inputs"].dtype == np.int32
