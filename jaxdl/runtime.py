@@ -266,6 +266,10 @@ def setup(*, coordinator_address: str | None = None, num_processes: int | None =
     patient_cpu_collectives()
     if tune_cpu:
       tuned = configure_cpu()
+    else:  # the user's own XLA_FLAGS decide the CPU convolution kernels
+      from jaxdl.ops import platform  # pylint: disable=g-import-not-at-top
+      platform.set_cpu_convolutions(
+          platform.convolutions_in(os.environ.get("XLA_FLAGS", "")))
   if num_cpu_devices:
     jax.config.update("jax_num_cpu_devices", num_cpu_devices)
   distributed = initialize_distributed(coordinator_address, num_processes, process_id)

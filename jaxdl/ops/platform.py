@@ -29,7 +29,6 @@ write `jax.jit(lambda ...: jax.jvp(apply, ...))` rather than
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import jax
@@ -45,8 +44,8 @@ AUTO = "auto"
 # conv path does on CPU (`ops.conv.IM2COL_MAX_CHANNELS`): 'eigen' (XLA's
 # multi-threaded Eigen kernels, what `configure_cpu()` selects) or 'ynnpack'
 # (jax 0.10's default). XLA reads its flags once, when the CPU backend starts;
-# jaxdl reads them once, here, when it is imported, and `configure_cpu()`
-# records what it sets. Nothing reads the environment while tracing.
+# `jaxdl.runtime` (process setup: `setup()`, `configure_cpu()`) records them
+# once, before jax starts. Nothing reads the environment while tracing.
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 
@@ -60,7 +59,7 @@ def convolutions_in(xla_flags: str) -> str:
   return kind
 
 
-_cpu_convolutions = convolutions_in(os.environ.get("XLA_FLAGS", ""))
+_cpu_convolutions = "ynnpack"  # jax's default until process setup records otherwise
 
 
 def cpu_convolutions() -> str:
