@@ -1,32 +1,30 @@
 """Checkpoints: the only module that imports orbax.
 
 A checkpoint `checkpoints/<step>/` holds three items, committed together by
-orbax (written under `<step>.orbax-checkpoint-tmp*`, renamed when complete):
+orbax (written to a temporary folder, renamed when complete):
 
   state  the TrainState (`StandardSave`), restored into an abstract target
-         that carries the *current* shardings, so a run can resume on another
-         device count;
+         that carries the *current* shardings (resume on another device count);
   data   the grain iterator's position (grain's orbax handler);
-  meta   a small JSON written by jaxdl: per-leaf sha256 of the state's host
-         bytes (tree order), each leaf's shape and dtype, the iterator state,
-         the items saved and the caller's extras (e.g. skipped-step counts).
+  meta   jaxdl's record: each leaf's shape, dtype and two 32-bit checksums
+         (the sum and the odd-position-weighted sum of its 32-bit words: any
+         one flipped bit changes the second), computed on the device in one
+         jitted call (no host copy of the state), the iterator position and
+         the process count.
 
-orbax keeps no checksum of array data, so `meta` is what makes a flipped bit
-detectable. A restore is verified against it: the leaf paths, shapes and
-dtypes first (a mismatch means a different model, not corruption: the run
-stops, nothing is moved), then every leaf's sha256 and the iterator position.
-A checkpoint that fails is reported with its step and path and moved to
-`checkpoints/corrupt/<step>` (never deleted), and the next newest is tried.
-
-Saves are asynchronous; the last `max_to_keep` and the best by a chosen metric
-are kept. An eval step's metrics are saved with it (orbax's `metrics` item), so
-the best is still known, kept and chosen after any number of relaunches. A
-state holding NaN/Inf is never saved.
+A restore is verified against `meta`: the leaf paths, shapes and dtypes first
+(a mismatch means another model: the run stops, nothing is moved), then the
+checksums and the iterator position. A checkpoint that fails is reported and
+moved to `checkpoints/corrupt/<step>` (never deleted); the next newest is
+tried. Saves are asynchronous; the last `max_to_keep` and the best by the
+task's metric (saved with each eval step, so known after any relaunch) are
+kept. A state holding NaN/Inf is never saved. orbax removes a killed run's
+half-written saves when the manager opens (`cleanup_tmp`, off for readers of
+a live run).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,13 +35,15 @@ from typing import Any, Callable
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-META_FORMAT = 1
+from jaxdl.parallel import agree
+
+META_FORMAT = 2
 CORRUPT_DIR = "corrupt"
-TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 class CheckpointError(RuntimeError):
@@ -62,22 +62,14 @@ class CheckpointMismatchError(CheckpointError):
   """The checkpoint is intact but was written for another state structure."""
 
 
-def _one_line(text: Any) -> str:
-  return " ".join(str(text).split())[:400]
-
-
 def short_error(e: BaseException) -> str:
-  """One short line for an orbax/tensorstore error (their messages embed a spec)."""
+  """One short line for an orbax/tensorstore error (their messages embed a spec;
+  tensorstore gives its errno only in its text)."""
+  if isinstance(e, OSError) and e.errno:
+    return os.strerror(e.errno)
   msg = " ".join(str(e).split())
-  m = re.search(r'Failed writing: "([^"]+)".*?\[os_error_code=\W?(\d+)', msg)
-  if m:
-    return f"{os.strerror(int(m.group(2)))} writing {m.group(1)}"
   m = re.search(r"os_error_code=\W?(\d+)", msg)
-  if m:
-    return os.strerror(int(m.group(1)))
-  for cut in (" [tensorstore_spec", " See full TensorStore", " [source locations"):
-    msg = msg.split(cut)[0]
-  return msg[:240] or type(e).__name__
+  return os.strerror(int(m.group(1))) if m else (msg[:240] or type(e).__name__)
 
 
 class _DropReraisedOrbaxErrors(logging.Filter):
@@ -89,28 +81,19 @@ class _DropReraisedOrbaxErrors(logging.Filter):
                 f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
-_FILTER = _DropReraisedOrbaxErrors()
-if _FILTER not in logging.getLogger("absl").filters:
-  logging.getLogger("absl").addFilter(_FILTER)
-
-
-def _quiet_closed_loop_hook(previous):
-  """After one tensorstore op fails, orbax closes its event loop while sibling ops
-  are still in flight; each one's completion callback then hits the closed loop
-  and is printed as an "unraisable" traceback (dozens of them). The failure itself
-  is raised to jaxdl and reported once, so only that echo is dropped."""
-
-  def hook(args):
-    if args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed":
-      return
-    previous(args)
-
-  hook.jaxdl_quiet = True
-  return hook
-
-
-if not getattr(sys.unraisablehook, "jaxdl_quiet", False):
-  sys.unraisablehook = _quiet_closed_loop_hook(sys.unraisablehook)
+def _quiet_orbax_echoes() -> None:
+  """Installed when a Checkpointer is made (not at import): drops orbax's logged
+  copy of an error it re-raises, and the "Event loop is closed" echoes of a
+  failed tensorstore op's siblings (the failure itself is reported once)."""
+  absl_log, previous = logging.getLogger("absl"), sys.unraisablehook
+  if not any(isinstance(f, _DropReraisedOrbaxErrors) for f in absl_log.filters):
+    absl_log.addFilter(_DropReraisedOrbaxErrors())
+  if not getattr(previous, "jaxdl_quiet", False):
+    def hook(args):
+      if not (args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"):
+        previous(args)
+    hook.jaxdl_quiet = True
+    sys.unraisablehook = hook
 
 
 def _leaf_name(path) -> str:
@@ -118,31 +101,29 @@ def _leaf_name(path) -> str:
                   for k in path)
 
 
-def _host_leaves(state: Any) -> list[tuple[str, np.ndarray]]:
-  """(path, numpy) per leaf in tree order; replicated arrays read from shard 0."""
+@jax.jit
+def _fingerprints(leaves: list[jax.Array]) -> jax.Array:
+  """[n_leaves, 3] uint32: sum and odd-position-weighted sum of each leaf's
+  32-bit words (narrower types widened, 64-bit split), and 1 if it is finite."""
+  rows = []
+  for x in leaves:
+    raw = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
+    w = jax.lax.bitcast_convert_type(raw, {1: jnp.uint8, 2: jnp.uint16}.get(
+        raw.dtype.itemsize, jnp.uint32)).astype(jnp.uint32).reshape(-1)
+    odd = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else True
+    rows.append(jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * odd, dtype=jnp.uint32),
+                           jnp.asarray(finite, jnp.uint32)]))
+  return jnp.stack(rows) if rows else jnp.zeros((0, 3), jnp.uint32)
+
+
+def describe_state(state: Any) -> dict[str, dict[str, Any]]:
+  """{leaf path: {shape, dtype, checksum: [sum, weighted], finite}}, tree order."""
   flat, _ = jax.tree_util.tree_flatten_with_path(state)
-  out = []
-  for path, x in flat:
-    if isinstance(x, jax.Array):
-      x = x.addressable_data(0) if x.is_fully_replicated else x
-    out.append((_leaf_name(path), np.asarray(x)))
-  return out
-
-
-def _digest(a: np.ndarray) -> str:
-  return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
-def describe_state(state: Any, leaves=None) -> dict[str, dict[str, Any]]:
-  """{leaf path: {shape, dtype, sha256}} over the host bytes, tree order."""
-  return {name: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _digest(a)}
-          for name, a in (leaves if leaves is not None else _host_leaves(state))}
-
-
-def nonfinite_leaves(state: Any, leaves=None) -> list[str]:
-  """Paths of floating leaves that hold NaN or Inf."""
-  return [name for name, a in (leaves if leaves is not None else _host_leaves(state))
-          if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a))]
+  prints = np.asarray(jax.device_get(_fingerprints([x for _, x in flat])))
+  return {_leaf_name(p): {"shape": list(np.shape(x)), "dtype": str(x.dtype),
+                          "checksum": [int(r[0]), int(r[1])], "finite": bool(r[2])}
+          for (p, x), r in zip(flat, prints)}
 
 
 def _data_state(data_iterator: Any) -> Any:
@@ -152,101 +133,55 @@ def _data_state(data_iterator: Any) -> Any:
     return None  # not JSON-able: the position is then not cross-checked
 
 
-def _data_process_count(data_dir: str) -> int | None:
-  """N of grain's `process_<i>-of-<N>.json` files in a data item (None: none found)."""
-  try:
-    names = os.listdir(data_dir)
-  except OSError:
-    return None
-  counts = {int(m.group(1)) for m in
-            (re.fullmatch(r"process_\d+-of-(\d+)\.json", n) for n in names) if m}
-  return counts.pop() if len(counts) == 1 else None
-
-
-def agree(ok: bool) -> bool:
-  """True only if every process says ok (they must pick the same step)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
-
-
-def _default_report(msg: str) -> None:
-  print(msg, file=sys.stderr, flush=True)
-
-
 class Checkpointer:
   """Save/verified restore of (train state, data iterator) under `directory`.
 
-  `report` receives the one-line warnings (default: stderr); `cleanup_tmp`
-  removes half-written save directories when the manager opens.
+  `report` receives the one-line warnings (default: stderr).
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3,
                best_metric: str | None = None, best_mode: str = "max",
-               async_save: bool = True,
-               report: Callable[[str], None] | None = None,
+               async_save: bool = True, report: Callable[[str], None] | None = None,
                cleanup_tmp: bool = True):
     self.directory = os.path.abspath(directory)
     self.best_metric, self.best_mode = best_metric, best_mode
-    self.report = report or _default_report
+    self.report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _quiet_orbax_echoes()
     self._pending: int | None = None  # step of the save in flight
     policies = [checkpoint_managers.LatestN(n=max_to_keep)]
-    best_fn = None
+    best_fn = (lambda m: m[best_metric]) if best_metric else None
     if best_metric:
-      best_fn = lambda m: m[best_metric]  # pylint: disable=unnecessary-lambda-assignment
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=best_fn, reverse=(best_mode == "min"),
-          n=1, keep_checkpoints_without_metrics=False))
+          get_metric_fn=best_fn, reverse=(best_mode == "min"), n=1,
+          keep_checkpoints_without_metrics=False))
     self._options = ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-        # best_fn is what makes orbax write each save's metrics to disk
-        # (<step>/metrics/metrics) and read them back when it opens, so that
-        # BestN and best_step() still know the best after a relaunch. The
-        # preservation_policy above decides what is kept.
-        best_fn=best_fn, best_mode=best_mode,
-        enable_async_checkpointing=async_save,
-        # jaxdl removes half-written saves itself, synchronously (below):
-        # orbax's cleanup runs in the background until the first save.
-        cleanup_tmp_directories=False,
-        create=True)
-    self._manager = self._open()
-    if cleanup_tmp and jax.process_index() == 0:
-      # Half-written saves of a killed run; never those of a live one (a reader
-      # opening a running run's workdir passes cleanup_tmp=False).
-      for name in self.leftover_tmp_dirs():
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-
-  def _open(self):
+        # best_fn makes orbax write each save's metrics and read them back when
+        # it opens (so the best is known after a relaunch); the policy keeps.
+        best_fn=best_fn, best_mode=best_mode, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=cleanup_tmp, create=True)
     try:  # fail at launch, not at the first save after hours of training
       os.makedirs(self.directory, exist_ok=True)
       probe = os.path.join(self.directory, f".write_test_{os.getpid()}")
       with open(probe, "w", encoding="utf-8") as f:
         f.write("ok")
       os.remove(probe)
+      self._set_aside_unreadable_metrics()
+      self._manager = ocp.CheckpointManager(self.directory, options=self._options,
+                                            item_names=("state", "data", "meta"))
     except OSError as e:
       why = ("a file is in the way" if os.path.exists(self.directory) and
-             not os.path.isdir(self.directory) else e.strerror or str(e))
+             not os.path.isdir(self.directory) else short_error(e))
       raise CheckpointError(
           f"checkpoint directory {self.directory} is not writable ({why}); "
           "check the workdir's permissions and free space, or pass another --workdir"
       ) from None
-    self._set_aside_unreadable_metrics()
-    try:
-      return ocp.CheckpointManager(self.directory, options=self._options,
-                                   item_names=("state", "data", "meta"))
-    except OSError as e:
-      raise CheckpointError(
-          f"cannot open checkpoint directory {self.directory} ({_one_line(e)}); "
-          "check the workdir's permissions and free space") from None
 
   def _set_aside_unreadable_metrics(self) -> None:
-    """Moves a step's unreadable `metrics` item to corrupt/<step>.metrics.
-
-    orbax reads every step's metrics when it opens and fails on one that is not
-    JSON; the step itself is fine (its state has its own checksums), so it is
-    kept, as a recent step only: it is no longer ranked for the best.
-    """
+    """Moves a step's unreadable `metrics` item to corrupt/<step>.metrics: orbax
+    reads them all when it opens and fails on one that is not JSON. The step
+    itself is fine (its state has its own checksums), so it is kept, as a
+    recent step only: it is no longer ranked for the best."""
     if jax.process_index() == 0:
       for name in sorted(os.listdir(self.directory)):
         item = os.path.join(self.directory, name, "metrics")
@@ -255,24 +190,16 @@ class Checkpointer:
         try:
           with open(os.path.join(item, "metrics"), encoding="utf-8") as f:
             metrics = json.load(f)
-          ok = isinstance(metrics, dict) and (
-              not self.best_metric or isinstance(metrics.get(self.best_metric), (int, float)))
+          if isinstance(metrics, dict) and isinstance(
+              metrics.get(self.best_metric, 0.0) if self.best_metric else 0.0, (int, float)):
+            continue
         except (OSError, ValueError):
-          ok = False
-        if ok:
-          continue
-        base = dst = os.path.join(self.directory, CORRUPT_DIR, f"{name}.metrics")
-        n = 1
-        while os.path.exists(dst):
-          dst, n = f"{base}.{n}", n + 1
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.rename(item, dst)
+          pass
+        dst = self._move_aside(item, f"{name}.metrics")
         self.report(f"warning: the eval metrics of checkpoint step {name} ({item}) are "
                     f"unreadable; moved them to {dst}; the step is kept but no longer "
                     "ranked as the best")
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices("jaxdl_checkpoint_metrics")
+    agree(True)  # the other processes wait for it
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -289,23 +216,27 @@ class Checkpointer:
   # -- save -----------------------------------------------------------------
 
   def save(self, step: int, state: Any, data_iterator: Any = None,
-           metrics: dict | None = None, extra: dict | None = None) -> bool:
-    """Starts an async save of step `step`; raises CheckpointError if it can't.
-
-    Refuses a state with NaN/Inf (a bad step must never become the latest
-    checkpoint). An error of the previous async save surfaces here.
-    """
+           metrics: dict | None = None) -> bool:
+    """Starts an async save of step `step`; raises CheckpointError if it can't:
+    a state with NaN/Inf, too little disk space, or an error of the previous
+    async save (which surfaces here)."""
     self.wait()  # the previous save's error belongs to that step, not this one
-    leaves = _host_leaves(state)  # one device-to-host copy for all the checks
-    bad = nonfinite_leaves(state, leaves)
+    leaves = describe_state(state)
+    bad = [name for name, d in leaves.items() if not d.pop("finite")]
     if bad:
       raise CheckpointError(
           f"refusing to save step {step}: non-finite values in {', '.join(bad[:3])}"
-          f"{' ...' if len(bad) > 3 else ''}; latest good checkpoint: "
-          f"{self._latest_desc()}")
-    self._check_space(step, sum(a.nbytes for _, a in leaves))
-    meta = {"format": META_FORMAT, "step": int(step), "leaves": describe_state(state, leaves),
-            "items": ["state", "meta"], "data_state": None, "extra": extra or {}}
+          f"{' ...' if len(bad) > 3 else ''}; latest good checkpoint: {self._latest_desc()}")
+    need = sum(x.nbytes for x in jax.tree.leaves(state)) + (1 << 20)
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise CheckpointError(
+          f"not enough disk space to save step {step} to {self.directory}: needs about "
+          f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free some space and "
+          f"relaunch (committed checkpoints are intact, latest: {self._latest_desc()})")
+    meta = {"format": META_FORMAT, "step": int(step), "leaves": leaves,
+            "items": ["state", "meta"], "data_state": None,
+            "process_count": jax.process_count()}
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -324,59 +255,32 @@ class Checkpointer:
     self._pending = step
     return saved
 
-  def _check_space(self, step: int, nbytes: int) -> None:
-    """Refuses to start a save that cannot fit (a clean error instead of a torn write)."""
-    need = nbytes + (1 << 20)
-    try:
-      free = shutil.disk_usage(self.directory).free
-    except OSError:
-      return
-    if free < need:
-      raise CheckpointError(
-          f"not enough disk space to save step {step} to {self.directory}: needs about "
-          f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free some space and "
-          f"relaunch (committed checkpoints are intact, latest: {self._latest_desc()})")
-
   def _latest_desc(self) -> str:
-    steps = self._committed_steps()
-    return (f"step {steps[-1]} in {self.directory}" if steps
-            else f"none in {self.directory}")
-
-  def _committed_steps(self) -> list[int]:
-    """Steps whose final directory exists on disk (not the in-flight one)."""
-    if not os.path.isdir(self.directory):
-      return []
-    return sorted(int(n) for n in os.listdir(self.directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
+    """The newest committed step (its final folder exists; not the in-flight one)."""
+    steps = sorted(int(n) for n in os.listdir(self.directory)
+                   if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
+    return f"step {steps[-1]} in {self.directory}" if steps else f"none in {self.directory}"
 
   def _save_error(self, step: int | None, e: BaseException) -> CheckpointError:
     if isinstance(e, CheckpointError):
       return e
     self._pending = None
     # The failed save's other write tasks failed too; asyncio would print each
-    # one's traceback ("Task exception was never retrieved") when it is
-    # collected, some after the error line below. That line reports them all.
+    # one's traceback ("Task exception was never retrieved"); the line below
+    # reports them all.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    try:  # let the failed save's writer threads stop before touching its files
-      self._manager.wait_until_finished()
-    except Exception:  # pylint: disable=broad-except
-      pass
-    try:
-      self._manager.reload()  # forget the failed step: it was never committed
-    except Exception:  # pylint: disable=broad-except
-      pass
-    if step is not None and jax.process_index() == 0 and os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):  # free what the torn write used
-        if name.startswith(f"{step}{TMP_MARKER}"):
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    which = f"step {step}" if step is not None else "a checkpoint"
-    text = str(e)
-    io_error = isinstance(e, OSError) or "os_error_code" in text or "Error writing" in text
+    for finish in (self._manager.wait_until_finished,  # its writer threads stop, then
+                   self._manager.reload):  # the failed step is forgotten (never committed)
+      try:
+        finish()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    io_error = isinstance(e, OSError) or "os_error_code" in str(e) or "Error writing" in str(e)
     why = (f"{short_error(e)}; the disk may be full or the directory unwritable" if io_error
            else f"{type(e).__name__}: {short_error(e)}")
     return CheckpointError(
-        f"saving {which} to {self.directory} failed ({why}); committed checkpoints "
-        f"are intact (latest: {self._latest_desc()})")
+        f"saving {'a checkpoint' if step is None else f'step {step}'} to {self.directory} "
+        f"failed ({why}); committed checkpoints are intact (latest: {self._latest_desc()})")
 
   def wait(self) -> None:
     """Blocks until the save in flight is committed (raises CheckpointError)."""
@@ -398,163 +302,110 @@ class Checkpointer:
 
   # -- restore --------------------------------------------------------------
 
-  def _is_legacy(self, step: int) -> bool:
-    """True for a checkpoint saved before jaxdl wrote `meta` (orbax's own step
-    metadata lists the items saved; a `meta` listed there but gone is damage)."""
-    step_dir = self.step_path(step)
-    if os.path.exists(os.path.join(step_dir, "meta")):
-      return False
+  def _restore_item(self, step: int, item: str, args) -> Any:
     try:
-      with open(os.path.join(step_dir, "_CHECKPOINT_METADATA"), encoding="utf-8") as f:
-        items = json.load(f).get("item_handlers") or {}
-    except (OSError, ValueError, AttributeError):
-      return False
-    return "state" in items and "meta" not in items
-
-  def read_meta(self, step: int) -> dict | None:
-    """The step's `meta` item (None for a legacy checkpoint without one);
-    CorruptCheckpointError if missing or garbage."""
-    path = os.path.join(self.step_path(step), "meta")
-    if self._is_legacy(step):
-      return None
-    try:
-      meta = self._manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))["meta"]
+      return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
     except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(step, path, f"meta unreadable ({short_error(e)})") from None
+      raise CorruptCheckpointError(step, os.path.join(self.step_path(step), item),
+                                   f"restore failed ({short_error(e)})") from None
+
+  def read_meta(self, step: int) -> dict:
+    """The step's `meta` item; CorruptCheckpointError if missing or garbage."""
+    meta = self._restore_item(step, "meta", ocp.args.JsonRestore())
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT or \
         not isinstance(meta.get("leaves"), dict):
-      raise CorruptCheckpointError(step, path, "meta is not a jaxdl checksum record")
+      raise CorruptCheckpointError(step, os.path.join(self.step_path(step), "meta"),
+                                   "meta is not a jaxdl checksum record")
     return meta
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
-    """Restores and verifies step `step` (see `restore_verified`); returns the state."""
-    return self.restore_verified(step, abstract_state, data_iterator)[0]
+    """The state of step `step`, checked against its `meta` checksums.
 
-  def restore_verified(self, step: int, abstract_state: Any,
-                       data_iterator: Any = None) -> tuple[Any, dict]:
-    """(state, extra) of step `step`, checked against its `meta` checksums.
-
-    `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with `.sharding`
-    (see `abstract_with_shardings`). The data iterator, if given, is moved to
-    the saved position in place. Raises CorruptCheckpointError (the step is
+    `abstract_state`: `jax.ShapeDtypeStruct`s with `.sharding` (see
+    `abstract_with_shardings`). The data iterator, if given, is moved to the
+    saved position in place. Raises CorruptCheckpointError (the step is
     damaged) or CheckpointMismatchError (the step is for another model).
     """
-    step_dir = self.step_path(step)
     meta = self.read_meta(step)
-    if meta is None:
-      if jax.process_index() == 0:
-        self.report(f"warning: checkpoint step {step} at {step_dir} has no checksum record "
-                    "(saved before jaxdl wrote one): restoring it unverified")
-      meta = {"leaves": {}, "items": ["state", "data"], "data_state": None}
-    else:
-      self._check_structure(step, meta, abstract_state)
+    self._check_structure(step, meta, abstract_state)
+    data_dir = os.path.join(self.step_path(step), "data")
     if data_iterator is not None and "data" not in meta.get("items", ()):
-      raise CorruptCheckpointError(step, step_dir, "saved without the data position")
-    state_dir = os.path.join(step_dir, "state")
-    for name in ("_METADATA", "manifest.ocdbt"):  # cheap checks before tensorstore
-      if not os.path.isfile(os.path.join(state_dir, name)):
-        raise CorruptCheckpointError(step, os.path.join(state_dir, name), "file missing")
-    try:
-      state = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))["state"]
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(step, state_dir,
-                                   f"restore failed ({short_error(e)})") from None
+      raise CorruptCheckpointError(step, data_dir, "saved without the data position")
+    state = self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
     if data_iterator is not None:
-      saved_by = _data_process_count(os.path.join(step_dir, "data"))
-      if (saved_by not in (None, jax.process_count()) and
+      if (meta.get("process_count") != jax.process_count() and
           isinstance(meta.get("data_state"), dict)):
         # Saved by another number of processes: grain keeps one file per
         # process, but jaxdl's position (the next global batch) is the same on
         # every process, and meta recorded it.
         data_iterator.set_state(meta["data_state"])
       else:
-        try:
-          self._manager.restore(step, args=ocp.args.Composite(
-              data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        except Exception as e:  # pylint: disable=broad-except
-          raise CorruptCheckpointError(step, os.path.join(step_dir, "data"),
-                                       f"restore failed ({short_error(e)})") from None
+        self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
     got = describe_state(state)
     for name, want in meta["leaves"].items():
-      if got[name]["sha256"] != want.get("sha256"):
+      if got[name]["checksum"] != want.get("checksum"):
         raise CorruptCheckpointError(
-            step, os.path.join(step_dir, "state"),
-            f"leaf {name} fails its sha256 check (array data changed on disk)")
-    if data_iterator is not None and meta.get("data_state") is not None:
-      if _data_state(data_iterator) != meta["data_state"]:
-        raise CorruptCheckpointError(
-            step, os.path.join(step_dir, "data"),
-            f"data position {_data_state(data_iterator)} != recorded {meta['data_state']}")
-    return state, dict(meta.get("extra") or {})
+            step, os.path.join(self.step_path(step), "state"),
+            f"leaf {name} fails its checksum (array data changed on disk)")
+    position = _data_state(data_iterator) if data_iterator is not None else None
+    if position is not None and meta.get("data_state") not in (None, position):
+      raise CorruptCheckpointError(
+          step, data_dir, f"data position {position} != recorded {meta['data_state']}")
+    return state
 
   def _check_structure(self, step: int, meta: dict, abstract_state: Any) -> None:
-    want = {name: (list(a.shape), str(a.dtype)) for name, a in (
-        (_leaf_name(p), x) for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0])}
-    have = {name: (list(v.get("shape", [])), v.get("dtype")) for name, v in meta["leaves"].items()}
+    want = {_leaf_name(p): (list(x.shape), str(x.dtype))
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    have = {n: (list(v.get("shape", [])), v.get("dtype")) for n, v in meta["leaves"].items()}
     if want == have:
       return
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    diff = [n for n in want if n in have and want[n] != have[n]]
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or extra:
-      what = f"leaves {missing[:2] or extra[:2]} {'missing from' if missing else 'only in'} the checkpoint"
+      what = (f"leaves {missing[:2] or extra[:2]} "
+              f"{'missing from' if missing else 'only in'} the checkpoint")
     else:
-      n = diff[0]
+      n = next(n for n in want if want[n] != have[n])
       what = f"leaf {n} is {have[n][1]}{have[n][0]} there but {want[n][1]}{want[n][0]} here"
     raise CheckpointMismatchError(
         f"checkpoint step {step} in {self.directory} was written for another model or "
         f"config ({what}); use a new --workdir, or restore the config it was trained with")
 
+  def _move_aside(self, src: str, name: str) -> str:
+    """Renames `src` to `corrupt/<name>[.n]` (same filesystem: atomic)."""
+    base = dst = os.path.join(self.directory, CORRUPT_DIR, name)
+    n = 1
+    while os.path.exists(dst):
+      dst, n = f"{base}.{n}", n + 1
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.rename(src, dst)
+    return dst
+
   def quarantine(self, step: int) -> str | None:
     """Moves step `step` aside to `corrupt/<step>[.n]` (process 0); returns the new path."""
-    src = self.step_path(step)
-    dst = None
+    src, dst = self.step_path(step), None
     if jax.process_index() == 0 and os.path.exists(src):
-      base = os.path.join(self.directory, CORRUPT_DIR, str(step))
-      dst, n = base, 1
-      while os.path.exists(dst):
-        dst, n = f"{base}.{n}", n + 1
-      os.makedirs(os.path.dirname(dst), exist_ok=True)
-      os.rename(src, dst)  # same filesystem: atomic
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices(f"jaxdl_quarantine_{step}")
+      dst = self._move_aside(src, str(step))
+    agree(True)  # every process sees it moved before reloading
     self._manager.reload()
     return dst
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any = None
-                     ) -> tuple[Any, int | None, dict]:
-    """(state, step, extra) of the newest checkpoint that verifies.
-
-    Each newer one that fails is reported (step, path, problem) and moved to
-    `corrupt/`; (None, None, {}) when none is left. A structure mismatch is
-    raised, not skipped: it means the config changed, not that data rotted.
-    """
+                     ) -> tuple[Any, int | None]:
+    """(state, step) of the newest checkpoint that verifies; each newer one that
+    fails is reported and moved to `corrupt/`; (None, None) when none is left.
+    A structure mismatch is raised, not skipped: the config changed."""
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        state, extra = self.restore_verified(step, abstract_state, data_iterator)
-        ok, problem = True, None
+        state, problem = self.restore(step, abstract_state, data_iterator), None
       except CorruptCheckpointError as e:
-        ok, problem = False, e
-      if agree(ok):
-        return state, step, extra
+        problem = e
+      if agree(problem is None):
+        return state, step
       moved = self.quarantine(step)
       if jax.process_index() == 0:
         self.report(f"warning: {problem or f'checkpoint step {step} failed on another process'}"
                     f"; moved it to {moved}; falling back to an older checkpoint")
-    return None, None, {}
-
-  def restore_data(self, step: int, data_iterator: Any) -> None:
-    self._manager.restore(step, args=ocp.args.Composite(
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
-
-  def leftover_tmp_dirs(self) -> list[str]:
-    """Half-written save directories (none after a clean open or a finished save)."""
-    if not os.path.isdir(self.directory):
-      return []
-    return sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n)
+    return None, None
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

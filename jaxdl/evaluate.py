@@ -99,6 +99,16 @@ def class_names(run, num_classes: int) -> list[str]:
   return [str(i) for i in range(num_classes)]
 
 
+def run_confusion(run, state) -> tuple[np.ndarray, list[str]] | None:
+  """(confusion matrix of `state` on the run's test split, class names), or
+  None when the run's task does not classify."""
+  if not classifies(run.task):
+    return None
+  probs, labels = predict_split(run, state)
+  n = probs.shape[-1]
+  return confusion_matrix(labels, probs.argmax(-1), n), class_names(run, n)
+
+
 def evaluate_workdir(workdir: str, which: str = "latest", *, confusion: bool = True,
                      write: bool = True, mesh=None) -> dict[str, Any]:
   """Evaluates `workdir`'s checkpoint; returns (and writes) the evaluate.json dict.
@@ -107,16 +117,12 @@ def evaluate_workdir(workdir: str, which: str = "latest", *, confusion: bool = T
   classifiers num_examples, class_names, confusion_matrix (rows: true class).
   """
   with restored(workdir, which, mesh=mesh) as (run, state, step):
-    metrics = run.evaluate(state)
-    metrics.update(run.task.on_evaluate(state, run.workdir, step) or {})
+    metrics, _ = run.evaluate(state, step)
     result: dict[str, Any] = {"workdir": run.workdir, "which": which, "step": int(step),
                               "metrics": metrics}
     if confusion and classifies(run.task):
-      probs, labels = predict_split(run, state)
-      n = probs.shape[-1]
-      cm = confusion_matrix(labels, probs.argmax(-1), n)
-      names = class_names(run, n)
-      result.update(num_examples=int(len(labels)), class_names=names,
+      cm, names = run_confusion(run, state)
+      result.update(num_examples=int(cm.sum()), class_names=names,
                     confusion_matrix=cm.tolist())
       if write:
         from jaxdl import plots  # pylint: disable=g-import-not-at-top

@@ -138,9 +138,14 @@ def _main(argv) -> None:
   from jaxdl.configs import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxdl.data.errors import DataError  # pylint: disable=g-import-not-at-top
   from jaxdl.lock import WorkdirLockedError  # pylint: disable=g-import-not-at-top
-  from jaxdl.train.loop import NonFiniteError, WorkdirError, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jaxdl import evaluate, plots  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.loop import NonFiniteError, WorkdirError, train  # pylint: disable=g-import-not-at-top
   try:
-    summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary, run, state = train(FLAGS.config, FLAGS.workdir)
+    if summary["resumed_from"] != summary["final_step"]:  # not a finished run relaunched
+      # The figures, after training: curves.png, and the confusion matrix of classifiers.
+      plots.write_run_plots(run.workdir, evaluate.run_confusion(run, state),
+                            shown=run.task.shown_metrics)
   except (ConfigError, DataError, WorkdirError, CheckpointError, NonFiniteError,
           WorkdirLockedError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Image grids (PNG files, TensorBoard images) and reference images for figures.
+"""Image grids (PNG files, TensorBoard images).
 
 Written with Pillow only: no matplotlib, so figures can be produced on any
 worker without a display or a plotting stack.
@@ -54,8 +54,16 @@ def make_grid(images: Any, ncols: int | None = None, padding: int = 2,
 def save_grid_png(path: str, images: Any, ncols: int | None = None,
                   padding: int = 2) -> tuple[int, int]:
   """Writes `make_grid(images, ncols)` to `path` as PNG; returns (height, width)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   grid = make_grid(images, ncols=ncols, padding=padding)
+  save_png(path, grid)
+  return grid.shape[0], grid.shape[1]
+
+
+def save_png(path: str, image: Any) -> None:
+  """One uint8 (or [0, 1] float) [H, W, C] or [H, W] image as a PNG, atomically."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = to_uint8(image)
+  grid = grid[..., None] if grid.ndim == 2 else grid
   d = os.path.dirname(path)
   if d:
     os.makedirs(d, exist_ok=True)
@@ -63,7 +71,6 @@ def save_grid_png(path: str, images: Any, ncols: int | None = None,
   tmp = path + ".tmp"
   img.save(tmp, format="PNG")
   os.replace(tmp, path)  # readers never see a half-written file
-  return grid.shape[0], grid.shape[1]
 
 
 def normalize_each(images: Any) -> np.ndarray:
@@ -73,26 +80,3 @@ def normalize_each(images: Any) -> np.ndarray:
   lo = x.min(axis=axes, keepdims=True)
   hi = x.max(axis=axes, keepdims=True)
   return (x - lo) / np.maximum(hi - lo, 1e-8)
-
-
-def reference_images(config: Any, split: str = "test"
-                     ) -> tuple[np.ndarray, np.ndarray] | None:
-  """(float32 [N, H, W, C] in [0, 1], int32 labels) of `config.dataset`, or None.
-
-  Tasks whose `on_evaluate` needs real images (reconstruction grids, the FID
-  reference and classifier) load them through the project's dataset sources
-  from `config.dataset` / `config.data_dir`; None when the config names no
-  image dataset.
-  """
-  name = config.get("dataset", None) if hasattr(config, "get") else None
-  if not name:
-    return None
-  from jaxdl.data import image_options, sources  # pylint: disable=g-import-not-at-top
-  train, test, _ = sources.load_image_dataset(name, config.get("data_dir", ""),
-                                              **image_options(config))
-  src = train if split == "train" else test
-  x, y = src.arrays
-  x = np.asarray(x)
-  if x.dtype == np.uint8:
-    x = x.astype(np.float32) / 255.0
-  return x.astype(np.float32), np.asarray(y, np.int32)

@@ -25,6 +25,31 @@ from typing import Any, Callable
 LOCK_NAME = ".lock"
 
 
+class WorkdirError(OSError):
+  """The workdir cannot be created or written."""
+
+
+def prepare_workdir(workdir: str) -> str:
+  if not workdir:
+    raise WorkdirError("no workdir given; pass --workdir=DIR (the run's folder)")
+  if "://" in workdir:
+    # The lock (O_EXCL), atomic renames and appends need a POSIX filesystem.
+    raise WorkdirError(f"--workdir={workdir}: jaxdl writes its run folder with local "
+                       "file operations; pass a local or shared POSIX path (a "
+                       "bucket mounted with gcsfuse or similar works)")
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror}); pass "
+                       "--workdir=DIR with a folder you can write") from None
+  return workdir
+
+
 class WorkdirLockedError(OSError):
   """Another live run holds the workdir; the message names it."""
 

@@ -15,28 +15,58 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxdl import images
+
 
 def _is_chief() -> bool:
   return jax.process_index() == 0
 
 
-def _step_files(workdir: str, step: int, ext: str) -> list[tuple[str, str]]:
-  """(NAME, path) of every `NAME_{step:06d}{ext}` in `workdir`, sorted."""
-  suffix = f"_{int(step):06d}{ext}"
-  return [(name[:-len(suffix)], os.path.join(workdir, name))
-          for name in sorted(os.listdir(workdir)) if name.endswith(suffix)]
+def write_json(path: str, obj: Any) -> None:
+  """`obj` as JSON at `path`, atomically (process 0 only)."""
+  if _is_chief():
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+  """Drops the records after `last_step` (a resumed run redoes them) and a torn
+  last line."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8", errors="replace") as f:
+    lines = [l for l in f.read().split("\n") if l.strip()]
+  keep = []
+  for line in lines:
+    try:
+      rec = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(rec, dict) and int(rec.get("step", 0)) <= last_step:
+      keep.append(line)
+  if len(keep) != len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.write("".join(l + "\n" for l in keep))
+    os.replace(path + ".tmp", path)
 
 
 class MetricWriter:
-  """`workdir/metrics.jsonl` (one {"step", "split", "metrics"} per line) and
-  TensorBoard events under `workdir/tensorboard`."""
+  """`workdir/metrics.jsonl` (one {"step", "split", "metrics"} per line),
+  TensorBoard events under `workdir/tensorboard`, and the images and texts
+  of an evaluation as `workdir/NAME_{step:06d}.png|.txt`. `resume_step`: the
+  step a resumed run starts after (later records are dropped)."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
     self.enabled = _is_chief()
+    self.workdir = workdir
     self._jsonl = None
     self._tb = None
     if not self.enabled:
       return
+    if resume_step is not None:
+      truncate_metrics(os.path.join(workdir, "metrics.jsonl"), resume_step)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -61,20 +91,24 @@ class MetricWriter:
       image = image[..., None]
     self._tb.add_image(tag, image, int(step), dataformats="HWC")
 
-  def write_step_images(self, step: int, workdir: str) -> list[str]:
-    """Sends the PNGs a task wrote for this evaluation (`NAME_{step:06d}.png` in
-    `workdir`: sample grids, reconstructions, RBM filters) to TensorBoard as
-    image `NAME`. Returns the tags written."""
-    if not self.enabled or self._tb is None:
-      return []
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    tags = []
-    for tag, path in _step_files(workdir, step, ".png"):
-      with Image.open(path) as img:
-        pixels = np.asarray(img.convert("L" if img.mode in ("L", "I", "1") else "RGB"))
-      self.write_image(step, tag, pixels)
-      tags.append(tag)
-    return tags
+  def write_eval(self, step: int, metrics: dict[str, float], extras: dict[str, Any]) -> None:
+    """The eval scalars, and what the task's on_evaluate returned: each array
+    an image (`NAME_{step:06d}.png` and TensorBoard image NAME), each str a
+    text (`NAME_{step:06d}.txt` and TensorBoard text NAME)."""
+    self.write_scalars(step, "eval", metrics)
+    if not self.enabled:
+      return
+    for name, value in sorted(extras.items()):
+      path = os.path.join(self.workdir, f"{name}_{int(step):06d}")
+      if isinstance(value, str):
+        with open(path + ".txt.tmp", "w", encoding="utf-8") as f:
+          f.write(value)
+        os.replace(path + ".txt.tmp", path + ".txt")
+        self.write_text(step, name, value)
+      else:
+        image = images.to_uint8(value)
+        images.save_png(path + ".png", image)
+        self.write_image(step, name, image)
 
   def write_text(self, step: int, tag: str, text: str) -> None:
     """Plain text to TensorBoard's Text tab (indented: markdown keeps it verbatim)."""
@@ -82,19 +116,6 @@ class MetricWriter:
       return
     self._tb.add_text(tag, "\n".join("    " + line for line in text.split("\n")),
                       int(step))
-
-  def write_step_texts(self, step: int, workdir: str) -> list[str]:
-    """Sends the text files a task wrote for this evaluation (`NAME_{step:06d}.txt`
-    in `workdir`: language-model samples) to TensorBoard as text `NAME`.
-    Returns the tags written."""
-    if not self.enabled or self._tb is None:
-      return []
-    tags = []
-    for tag, path in _step_files(workdir, step, ".txt"):
-      with open(path, encoding="utf-8") as f:
-        self.write_text(step, tag, f.read())
-      tags.append(tag)
-    return tags
 
   def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
     if not self.enabled or self._tb is None:
@@ -129,8 +150,10 @@ class Progress:
   """
 
   def __init__(self, total_steps: int, start_step: int, batch_size: int,
-               stream=None, every: int = 100, force_bar: bool | None = None):
+               stream=None, every: int = 100, force_bar: bool | None = None,
+               shown: tuple[str, ...] = ("loss", "accuracy")):
     self.enabled = _is_chief()
+    self.shown = tuple(shown)  # the task's `shown_metrics`
     self.total, self.batch_size, self.every = total_steps, batch_size, max(every, 1)
     self.stream = stream or sys.stdout
     self.start_step = start_step
@@ -161,8 +184,7 @@ class Progress:
     eps = self.examples_per_sec(step)
     done = step - self.start_step
     eta = (self.total - step) * (time.perf_counter() - self.t0) / done if done else 0.0
-    shown = {k: metrics[k] for k in ("loss", "accuracy", "d_loss", "g_loss")
-             if metrics and k in metrics}
+    shown = {k: metrics[k] for k in self.shown if metrics and k in metrics}
     if self.bar is not None:
       self.bar.update(step - self._last_step)
       self.bar.set_postfix({**{k: f"{v:.4f}" for k, v in shown.items()},

@@ -70,3 +70,11 @@ def to_host(tree: Any) -> Any:
   """Fully replicated arrays -> numpy (works in multi-process runs)."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))
                       if isinstance(x, jax.Array) else np.asarray(x), tree)
+
+
+def agree(ok: bool) -> bool:
+  """True only if every process says ok (a barrier: every process must call it)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))

@@ -6,9 +6,9 @@ stays as it is), and it works on any headless worker. Every PNG is written to a
 temp file and renamed, so a reader never sees half a figure. Sizes are exact:
 a figure asked for as W x H pixels is saved as W x H pixels.
 
-The training loop calls `write_run_plots(run.workdir, run=run, state=state)`
-after summary.json: workdir/curves.png, and workdir/confusion_matrix.png for
-classifiers.
+The experiment entry point (`jaxdl.experiment`) calls `write_run_plots(
+run.workdir, run=run, state=state)` after training: workdir/curves.png, and
+workdir/confusion_matrix.png for classifiers.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from jaxdl import images
 
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
-# Train-only metrics worth a panel of their own (eval metrics always get one).
-_TRAIN_PANELS = ("learning_rate", "grad_norm", "d_loss", "g_loss")
+# Train-only metrics worth a panel of their own (eval metrics always get one),
+# besides the task's `shown_metrics`.
+_TRAIN_PANELS = ("learning_rate", "grad_norm")
 _PANEL_W, _PANEL_H, _DPI = 400, 300, 100
 
 
@@ -62,7 +63,7 @@ def read_metrics(workdir_or_path: str) -> dict[str, dict[str, tuple[np.ndarray, 
   return out
 
 
-def _panels(metrics) -> list[str]:
+def _panels(metrics, shown=()) -> list[str]:
   ev = sorted(metrics.get("eval", {}), key=lambda k: (k != "loss", k))
   tr = metrics.get("train", {})
   names = list(ev)
@@ -70,7 +71,7 @@ def _panels(metrics) -> list[str]:
     names.insert(0, "loss")
   if "accuracy" in tr and "accuracy" not in names:
     names.append("accuracy")
-  names += [k for k in _TRAIN_PANELS if k in tr and k not in names]
+  names += [k for k in (*shown, *_TRAIN_PANELS) if k in tr and k not in names]
   if not names:  # nothing known: every train metric
     names = sorted(tr)
   return names[:9]
@@ -183,40 +184,27 @@ def plot_confusion_matrix(cm: Any, class_names: Sequence[str] | None, path: str,
   return size
 
 
-def write_confusion_matrix(run, state, path: str | None = None) -> str | None:
-  """Confusion matrix PNG of `state` on the run's test split (classifiers only).
-
-  Returns the path written, or None when the run's task does not classify.
-  """
-  from jaxdl import evaluate  # pylint: disable=g-import-not-at-top
-  if not evaluate.classifies(run.task):
-    return None
-  probs, labels = evaluate.predict_split(run, state)
-  n = probs.shape[-1]
-  cm = evaluate.confusion_matrix(labels, probs.argmax(-1), n)
-  path = path or os.path.join(run.workdir, CONFUSION_PNG)
-  plot_confusion_matrix(cm, evaluate.class_names(run, n), path)
-  return path
-
-
-def write_run_plots(workdir: str, run=None, state=None) -> list[str]:
+def write_run_plots(workdir: str, confusion=None, shown: Sequence[str] = ()) -> list[str]:
   """The figures of a finished run: `workdir/curves.png` from metrics.jsonl, and
-  `workdir/confusion_matrix.png` when `run` and `state` are given and the task
-  classifies. Only process 0 writes. Returns the paths written."""
+  `workdir/confusion_matrix.png` when `confusion` = (matrix, class names) is
+  given (`jaxdl.evaluate.run_confusion`); `shown`: the task's train metrics
+  that get a panel (`Task.shown_metrics`). Only process 0 writes. Returns the
+  paths written."""
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return []
   written = []
   if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     metrics = read_metrics(workdir)
-    if _panels(metrics):
+    if _panels(metrics, shown):
       path = os.path.join(workdir, CURVES_PNG)
-      plot_curves(metrics, path, title=os.path.basename(os.path.abspath(workdir)))
+      plot_curves(metrics, path, names=_panels(metrics, shown),
+                  title=os.path.basename(os.path.abspath(workdir)))
       written.append(path)
-  if run is not None and state is not None:
-    path = write_confusion_matrix(run, state, os.path.join(workdir, CONFUSION_PNG))
-    if path:
-      written.append(path)
+  if confusion is not None:
+    path = os.path.join(workdir, CONFUSION_PNG)
+    plot_confusion_matrix(*confusion, path)
+    written.append(path)
   return written
 
 

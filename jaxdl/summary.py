@@ -26,7 +26,7 @@ def _abstract_params(task, example_batch) -> Any:
   batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)
            if not hasattr(v, "dtype") else jax.ShapeDtypeStruct(v.shape, v.dtype)
            for k, v in example_batch.items()}
-  params, _, _ = jax.eval_shape(task.init, jax.random.key(0), batch)
+  params, _ = jax.eval_shape(task.init, jax.random.key(0), batch)
   return params
 
 

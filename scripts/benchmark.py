@@ -288,7 +288,7 @@ def jax_case(b: Bench, mesh) -> tuple[Case, dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
-  from jaxdl.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.registry import build_task  # pylint: disable=g-import-not-at-top
   from jaxdl.train.engine import Engine  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   task = build_task(b.config(), b.info, 1000)
@@ -377,7 +377,7 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
   import jax  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
   from jaxdl.data import pipeline, sources  # pylint: disable=g-import-not-at-top
-  from jaxdl.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.registry import build_task  # pylint: disable=g-import-not-at-top
   from jaxdl.train.engine import Engine  # pylint: disable=g-import-not-at-top
   train, _, info = sources.load_image_dataset("mnist", mnist_dir)
   task = build_task(config, info, 10**6)
@@ -446,7 +446,7 @@ def experiment_compile_times(mesh) -> list[tuple[str, float, float]]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxdl import parallel  # pylint: disable=g-import-not-at-top
-  from jaxdl.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.registry import build_task  # pylint: disable=g-import-not-at-top
   from jaxdl.train.engine import Engine  # pylint: disable=g-import-not-at-top
   out = []
   root = os.path.dirname(_HERE)

@@ -60,3 +60,15 @@ def digits_mlp_config(**overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def task_steps(task, example, total_steps=0):
+  """(initial state, step(state, inputs) -> (state, metrics)): `task` in the
+  engine on one device (the engine owns the optimizer, so a task is trained
+  through it). The step donates its state."""
+  from jaxdl import parallel  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.engine import Engine  # pylint: disable=g-import-not-at-top
+  engine = Engine(task, parallel.make_mesh(jax.devices()[:1]), example,
+                  total_steps=total_steps)
+  step = lambda state, xb: engine.train_step(state, xb if isinstance(xb, dict) else {"inputs": xb})
+  return engine.init_state(0), step

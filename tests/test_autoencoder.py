@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdl import models, parallel, tasks
+from conftest import task_steps
+from jaxdl import models, parallel
+from jaxdl.train import registry as tasks
 from jaxdl.train.autoencoder import AutoencoderTask, gaussian_kl
 from jaxdl.train.engine import Engine
 from jaxdl.train.state import TrainState
@@ -24,17 +26,11 @@ def mnist(mnist_dir):
 
 
 def _init_state(task, x):
-  params, opt_state, ms = task.init(jax.random.PRNGKey(0), {"inputs": x})
-  return TrainState(jnp.zeros([], jnp.int32), params, opt_state, ms, jax.random.PRNGKey(1))
+  return task_steps(task, {"inputs": x})[0]
 
 
 def _train(task, x, steps, batch_size=64):
-  state = _init_state(task, x[:batch_size])
-
-  @jax.jit
-  def step(state, xb):
-    s, m = task.train_update(state, {"inputs": xb}, jax.random.fold_in(state.rng, state.step))
-    return s.replace(step=state.step + 1), m
+  state, step = task_steps(task, {"inputs": x[:batch_size]})
 
   rng = np.random.default_rng(0)
   for _ in range(steps):
@@ -78,10 +74,9 @@ def test_conv_autoencoder_short_run(mnist, tmp_path):
   task.set_reference_images(xt[:16])
   out = task.on_evaluate(state, str(tmp_path), 100)
   assert out["reference_mse"] < 0.06
-  with Image.open(os.path.join(tmp_path, "recon_000100.png")) as im:
-    # 16 originals + 16 reconstructions: 8 rows of 4 cells of 28 + 2 px.
-    assert im.size == (4 * 28 + 5 * 2, 8 * 28 + 9 * 2)
-  assert not os.path.exists(os.path.join(tmp_path, "samples_000100.png"))
+  # 16 originals + 16 reconstructions: 8 rows of 4 cells of 28 + 2 px.
+  assert out["recon"].shape == (8 * 28 + 9 * 2, 4 * 28 + 5 * 2, 1)
+  assert "samples" not in out and not os.listdir(tmp_path)  # a task writes no file
 
 
 @pytest.mark.slow
@@ -104,10 +99,9 @@ def test_vae_elbo_improves_and_kl_is_positive(mnist, tmp_path):
   np.testing.assert_allclose(after["loss"], after["recon_loss"] + after["kl"], rtol=1e-5)
   np.testing.assert_allclose(after["elbo"], -after["loss"], rtol=1e-6)
   task.set_reference_images(xt[:64])
-  task.on_evaluate(state, str(tmp_path), 200)
-  for name in ("recon_000200.png", "samples_000200.png"):
-    with Image.open(os.path.join(tmp_path, name)) as im:
-      im.verify()
+  out = task.on_evaluate(state, str(tmp_path), 200)
+  assert out["recon"].dtype == out["samples"].dtype == np.uint8
+  assert out["samples"].shape == (8 * 28 + 9 * 2,) * 2 + (1,)
 
 
 def test_vae_in_the_sharded_engine(mnist):

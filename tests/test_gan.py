@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import task_steps
 from jaxdl import fid, models, parallel
 from jaxdl.train.engine import Engine
 from jaxdl.train.gan import GANTask
@@ -107,9 +108,9 @@ def test_gan_task_in_the_sharded_engine(mnist, tmp_path):
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(bs0), jax.tree.leaves(bs1)))
   ev = engine.evaluate(state, [{"inputs": xt[:64], "mask": np.ones(64, np.float32)}])
   assert set(ev) >= {"d_real", "d_fake", "d_loss", "g_loss"} and 0 < ev["d_real"] < 1
-  assert task.on_evaluate(state, str(tmp_path), 3) == {}
-  with Image.open(os.path.join(tmp_path, "samples_000003.png")) as im:
-    assert im.size == (8 * 28 + 9 * 2, 8 * 28 + 9 * 2)
+  out = task.on_evaluate(state, str(tmp_path), 3)
+  assert set(out) == {"samples"} and not os.listdir(tmp_path)  # a task writes no file
+  assert out["samples"].shape == (8 * 28 + 9 * 2, 8 * 28 + 9 * 2, 1)
 
 
 @pytest.mark.slow
@@ -131,13 +132,7 @@ def test_short_gan_run_covers_all_digits(mnist, tmp_path, monkeypatch):
   assert scorer.accuracy(xt, yt) > 0.95
   t1 = time.time()
 
-  params, opt_state, ms = task.init(jax.random.PRNGKey(0), {"inputs": x[:64]})
-  state = TrainState(jnp.zeros([], jnp.int32), params, opt_state, ms, jax.random.PRNGKey(1))
-
-  @jax.jit
-  def step(state, xb):
-    s, m = task.train_update(state, {"inputs": xb}, jax.random.fold_in(state.rng, state.step))
-    return s.replace(step=state.step + 1), m
+  state, step = task_steps(task, {"inputs": x[:64]})
 
   untrained = task.on_evaluate(state, workdir, 0)
   rng = np.random.default_rng(0)
@@ -153,7 +148,7 @@ def test_short_gan_run_covers_all_digits(mnist, tmp_path, monkeypatch):
   assert min(shares) >= 0.005, shares         # every digit: >= 10 of 2000 samples
   assert trained["max_class_share"] <= 0.25, shares
   assert trained["frechet_distance"] < 0.5 * untrained["frechet_distance"], (untrained, trained)
-  assert os.path.exists(os.path.join(workdir, "samples_000250.png"))
+  assert trained["samples"].shape == (8 * 28 + 9 * 2, 8 * 28 + 9 * 2, 1)
 
   # A resumed run reuses the cached classifier instead of training another.
   def no_training(*a, **k):

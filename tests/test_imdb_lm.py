@@ -77,20 +77,17 @@ def test_samples_depend_only_on_params_seed_and_step(tmp_path, imdb_subset):
   """Untrained model, in process: its perplexity is ~ the vocabulary size; the
   samples are deterministic (a fresh task writes the same file) and change
   with the step (the key is fold_in(seed key, step))."""
-  from jaxdl.tasks import build_task  # pylint: disable=g-import-not-at-top
+  from jaxdl.train.registry import build_task  # pylint: disable=g-import-not-at-top
   from jaxdl.train.loop import Run  # pylint: disable=g-import-not-at-top
   config = _config(data_dir=str(imdb_subset), tensorboard=False)
   run = Run(config, str(tmp_path / "a"))
   state = run.engine.init_state(config.seed)
-  ev = run.evaluate(state)
+  ev, extras = run.evaluate(state, 15)
   assert 0.6 * 200 < ev["perplexity"] < 1.5 * 200, ev
-  run.task.on_evaluate(state, run.workdir, 15)
-  first = (tmp_path / "a" / "samples_000015.txt").read_text()
+  first = extras["samples"]
   task2 = build_task(config, run.info, run.num_steps)  # a fresh task, nothing cached
-  task2.on_evaluate(state, run.workdir, 15)
-  task2.on_evaluate(state, run.workdir, 16)
-  assert (tmp_path / "a" / "samples_000015.txt").read_text() == first
-  later = (tmp_path / "a" / "samples_000016.txt").read_text()
+  assert task2.on_evaluate(state, run.workdir, 15)["samples"] == first
+  later = task2.on_evaluate(state, run.workdir, 16)["samples"]
   sampled = lambda s: [l for l in s.splitlines() if l.startswith("  T=")]
   greedy = lambda s: [l for l in s.splitlines() if l.startswith("  greedy")]
   assert greedy(later) == greedy(first)          # the same params

@@ -82,7 +82,7 @@ def test_write_run_plots_after_training(digits_run):
   from jaxdl import evaluate, runs
   run, state, _ = runs.restore_state(str(digits_run))
   run.checkpointer.close()
-  written = plots.write_run_plots(str(digits_run), run=run, state=state)
+  written = plots.write_run_plots(str(digits_run), evaluate.run_confusion(run, state))
   assert written == [str(digits_run / "curves.png"), str(digits_run / "confusion_matrix.png")]
   metrics = plots.read_metrics(str(digits_run))
   assert list(metrics["eval"]["accuracy"][0]) == [20, 40]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import task_steps
 from jaxdl import models, parallel
 from jaxdl.models import rbm
 from jaxdl.train.engine import Engine
@@ -119,14 +120,7 @@ def test_cd1_lowers_reconstruction_error_on_mnist(mnist_train):
   cfg = ml_collections.ConfigDict({"model": {"kwargs": {"n_hidden": 64}},
                                    "rbm": {"cd_k": 1, "binarize": "none"}})
   task = RBMTask(cfg, info)
-  params, opt_state, ms = task.init(jax.random.PRNGKey(0), {"inputs": x[:64]})
-  from jaxdl.train.state import TrainState
-  state = TrainState(jnp.zeros([], jnp.int32), params, opt_state, ms, jax.random.PRNGKey(1))
-
-  @jax.jit
-  def step(state, xb):
-    s, m = task.train_update(state, {"inputs": xb}, jax.random.fold_in(state.rng, state.step))
-    return s.replace(step=state.step + 1), m
+  state, step = task_steps(task, {"inputs": x[:64]})
 
   held = {"inputs": x[2000:2500], "mask": np.ones(500, np.float32)}
   before = {k: float(v) / 500 for k, v in jax.jit(task.eval_metrics)(state, held).items()}
@@ -165,7 +159,5 @@ def test_pcd_chains_live_in_model_state_and_run_sharded(mnist_train, tmp_path):
   assert np.mean(chains2 == np.asarray(expected)) > 0.999
   ev = engine.evaluate(state, [{"inputs": x[:64], "mask": np.ones(64, np.float32)}])
   assert set(ev) >= {"recon_error", "free_energy", "free_energy_gap", "pseudo_likelihood"}
-  task.on_evaluate(state, str(tmp_path), 1)
-  with Image.open(os.path.join(tmp_path, "filters_000001.png")) as im:
-    assert im.size[0] > 28 * 5
-  assert os.path.exists(os.path.join(tmp_path, "chains_000001.png"))
+  out = task.on_evaluate(state, str(tmp_path), 1)
+  assert out["filters"].shape[1] > 28 * 5 and out["chains"].ndim == 3

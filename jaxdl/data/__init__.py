@@ -40,4 +40,18 @@ def load_dataset(config, workdir: str):
                   f"{sorted(IMAGE_DATASETS + TEXT_DATASETS)} (--config.dataset=...)")
 
 
-__all__ = ["DataError", "image_options", "load_dataset"]
+def unit_images(source):
+  """(float32 [N, H, W, C] in [0, 1], int32 labels) of an in-memory image
+  source, or None for other sources (text, tfds): the real images a task's
+  figures and FID use (`Task.set_reference_data`)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  arrays = getattr(source, "arrays", None)
+  if arrays is None or np.asarray(arrays[0]).ndim != 4:
+    return None
+  x, y = arrays
+  x = np.asarray(x)
+  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+  return x, np.asarray(y, np.int32)
+
+
+__all__ = ["DataError", "image_options", "load_dataset", "unit_images"]

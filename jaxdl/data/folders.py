@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxdl.data.errors import DataError
-from jaxdl.data.sources import ArraySource, _info, _one_line
+from jaxdl.data.arrays import ArraySource, _info, _one_line
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png")

@@ -1,7 +1,9 @@
 """Model registry: `get_model(name, **kwargs) -> Model`.
 
-Each module listed in `_MODULES` defines `MODELS: dict[str, Callable[..., Model]]`;
-adding a model is adding a constructor there (and the module here if it is new).
+Each module listed in `_MODULES` defines `MODELS: dict[str, Callable[..., Model]]`
+and `EXAMPLES` (the experiment that trains each model); adding a model is
+adding a constructor and its example there (and the module here if it is new):
+`tests/test_registry.py` then builds and steps it, with its task.
 Modules are imported on first use so that `import jaxdl` stays fast.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from jaxdl.models.base import Model, from_flax, split_variables
+from jaxdl.models.base import Model, from_flax, make_rngs, split_variables
 from jaxdl.configs import ConfigError
 
 _MODULES = ("mlp", "cnn", "lstm", "transformer", "gan", "rbm", "dbn",
@@ -39,6 +41,16 @@ def registry() -> dict[str, Callable[..., Model]]:
   return _REGISTRY
 
 
+def examples() -> dict[str, tuple[str, dict]]:
+  """Every model name -> (experiment config, {dotted field: value}) of a run
+  that trains it with its task: the `EXAMPLES` dict beside each module's
+  `MODELS` (the registry-driven tests and the benchmark read it)."""
+  out = {}
+  for mod in _MODULES:
+    out.update(getattr(importlib.import_module(f"jaxdl.models.{mod}"), "EXAMPLES", {}))
+  return out
+
+
 def get_model(name: str, **kwargs) -> Model:
   """The registered model `name` built with `kwargs`: a `Model` whose
   `init(key, example) -> variables` and `apply(variables, x, *, train, rngs)
@@ -49,7 +61,8 @@ def get_model(name: str, **kwargs) -> Model:
     raise ConfigError(f"unknown model {name!r}: choose one of {sorted(reg)} "
                      "(--config.model.name=...)")
   model = reg[name](**kwargs)
-  return model if model.name else Model(model.init, model.apply, model.module, name)
+  return model if model.name else Model(model.init, model.apply, model.module, name,
+                                       model.rng_names)
 
 
-__all__ = ["Model", "from_flax", "split_variables", "get_model", "registry"]
+__all__ = ["Model", "examples", "from_flax", "make_rngs", "split_variables", "get_model", "registry"]

@@ -135,3 +135,9 @@ def make_vae(hidden=(512,), latent_dim=20, output_shape=(28, 28, 1),
 MODELS = {"dense_autoencoder": make_dense_autoencoder,
           "conv_autoencoder": make_conv_autoencoder,
           "vae": make_vae}
+
+# Each model's example run (an experiment config and overrides) for the
+# registry-driven tests and the benchmark: `jaxdl.models.examples()`.
+EXAMPLES = {"dense_autoencoder": ("mnist_autoencoder", {}),
+            "conv_autoencoder": ("mnist_autoencoder", {"model.name": "conv_autoencoder"}),
+            "vae": ("mnist_autoencoder", {"task": "vae", "model.name": "vae"})}

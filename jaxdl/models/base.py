@@ -28,6 +28,15 @@ class Model:
   apply: Callable[..., tuple[Any, Variables]]
   module: nn.Module | None = None
   name: str = ""
+  rng_names: tuple[str, ...] = ("dropout",)  # the rng streams `apply` draws from
+
+
+def make_rngs(model: Model, key: jax.Array | None) -> dict[str, jax.Array] | None:
+  """One key per stream the model draws from (None for None: no sampling)."""
+  if key is None:
+    return None
+  keys = jax.random.split(key, max(2, len(model.rng_names)))
+  return dict(zip(model.rng_names, keys))
 
 
 def from_flax(module: nn.Module, rng_names: Sequence[str] = ("dropout",),
@@ -42,6 +51,13 @@ def from_flax(module: nn.Module, rng_names: Sequence[str] = ("dropout",),
 
   def apply(variables: Variables, x: Any, *, train: bool = False,
             rngs: dict[str, jax.Array] | None = None):
+    if rngs is not None and any(n not in rngs for n in rng_names):
+      # flax would silently skip a stream it is not given (the VAE would not
+      # sample): the one rngs convention is every stream or none.
+      missing = [n for n in rng_names if n not in rngs]
+      raise ValueError(f"model {name or type(module).__name__} draws from rng streams "
+                       f"{tuple(rng_names)}; rngs has no {missing} (pass "
+                       "jaxdl.models.make_rngs(model, key), or rngs=None for no sampling)")
     state = {k: v for k, v in variables.items() if k != "params"}
     if train and state:
       out, new_state = module.apply(variables, x, train=True, rngs=rngs,
@@ -49,7 +65,8 @@ def from_flax(module: nn.Module, rng_names: Sequence[str] = ("dropout",),
       return out, dict(new_state)
     return module.apply(variables, x, train=train, rngs=rngs), state
 
-  return Model(init=init, apply=apply, module=module, name=name)
+  return Model(init=init, apply=apply, module=module, name=name,
+               rng_names=tuple(rng_names))
 
 
 def split_variables(variables: Variables) -> tuple[Any, Variables]:

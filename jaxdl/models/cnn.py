@@ -32,13 +32,13 @@ class CNN(nn.Module):
   num_classes: int = 10
   padding: str = "VALID"
   conv_impl: str = "auto"
-  dtype: str = "float32"
+  dtype: str | None = None  # None: the compute dtype of the inputs/params
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     del train
     conv, max_pool = _ops(self.conv_impl)
-    x = x.astype(self.dtype)
+    x = x if self.dtype is None else x.astype(self.dtype)
     for i, f in enumerate(self.features):
       x = nn.relu(conv(f, (3, 3), padding=self.padding, dtype=self.dtype)(x))
       if i < len(self.features) - 1:
@@ -52,7 +52,7 @@ class ResidualBlock(nn.Module):
   features: int
   strides: int = 1
   conv_impl: str = "auto"
-  dtype: str = "float32"
+  dtype: str | None = None  # None: the compute dtype of the inputs/params
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -77,12 +77,12 @@ class ResNet(nn.Module):
   width: int = 16
   num_classes: int = 10
   conv_impl: str = "auto"
-  dtype: str = "float32"
+  dtype: str | None = None  # None: the compute dtype of the inputs/params
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     conv, _ = _ops(self.conv_impl)
-    x = conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x.astype(self.dtype))
+    x = conv(self.width, (3, 3), use_bias=False, dtype=self.dtype)(x if self.dtype is None else x.astype(self.dtype))
     x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
                              dtype=self.dtype, use_fast_variance=False)(x))
     for stage in range(3):
@@ -95,16 +95,20 @@ class ResNet(nn.Module):
 
 
 def make_cnn(features=(32, 64, 64), dense=64, num_classes=10, padding="VALID",
-             conv_impl="auto", dtype="float32") -> Model:
+             conv_impl="auto", dtype=None) -> Model:
   """The Keras CIFAR-10 tutorial CNN; `padding='SAME'` fits small (8x8) images."""
   return from_flax(CNN(tuple(features), dense, num_classes, padding, conv_impl, dtype),
                    name="cnn")
 
 
 def make_resnet(blocks_per_stage=3, width=16, num_classes=10, conv_impl="auto",
-                dtype="float32") -> Model:
+                dtype=None) -> Model:
   return from_flax(ResNet(blocks_per_stage, width, num_classes, conv_impl, dtype),
                    name="resnet")
 
 
 MODELS = {"cnn": make_cnn, "resnet": make_resnet}
+
+EXAMPLES = {"cnn": ("cifar_cnn", {}),
+            "resnet": ("cifar_cnn", {"model.name": "resnet",
+                                     "model.kwargs": {"blocks_per_stage": 1}})}

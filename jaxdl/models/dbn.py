@@ -44,3 +44,5 @@ def make_dbn_classifier(hidden=(500, 500), num_classes=10, weight_std=0.01) -> M
 
 
 MODELS = {"dbn_classifier": make_dbn_classifier}
+
+EXAMPLES = {"dbn_classifier": ("mnist_dbn", {"dbn.pretrain_steps": 1})}

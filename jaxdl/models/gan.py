@@ -99,3 +99,5 @@ def make_discriminator(features=(64, 128), negative_slope=0.2,
 
 
 MODELS = {"dcgan_generator": make_generator, "dcgan_discriminator": make_discriminator}
+
+EXAMPLES = {"dcgan_generator": ("mnist_gan", {}), "dcgan_discriminator": ("mnist_gan", {})}

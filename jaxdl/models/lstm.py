@@ -380,3 +380,5 @@ def lstm_classifier(vocab_size: int = 10000, embed_dim: int = 128,
 
 
 MODELS: dict[str, Callable[..., Model]] = {"lstm_classifier": lstm_classifier}
+
+EXAMPLES = {"lstm_classifier": ("imdb_lstm", {})}

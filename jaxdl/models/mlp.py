@@ -29,3 +29,5 @@ def make_mlp(hidden=(128,), dropout=0.2, num_classes=10, dtype="float32") -> Mod
 
 
 MODELS = {"mlp": make_mlp}
+
+EXAMPLES = {"mlp": ("mnist_mlp", {})}

@@ -181,3 +181,5 @@ def make_rbm(n_visible: int = 784, n_hidden: int = 500, weight_std: float = 0.01
 
 
 MODELS = {"rbm": make_rbm}
+
+EXAMPLES = {"rbm": ("mnist_dbn", {"task": "rbm", "model.kwargs": {"n_hidden": 64}})}

@@ -397,3 +397,6 @@ MODELS: dict[str, Callable[..., Model]] = {
     "transformer_classifier": transformer_classifier,
     "transformer_lm": transformer_lm,
 }
+
+EXAMPLES = {"transformer_classifier": ("imdb_transformer", {}),
+            "transformer_lm": ("imdb_lm", {})}

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
 import jax
@@ -39,16 +38,9 @@ import numpy as np
 import optax
 
 from jaxdl import images, models, ops, parallel
-from jaxdl.train import optim
-from jaxdl.train.task import Task
+from jaxdl.train.task import Task, section
 
-_DEFAULT_OPT = {"name": "adam", "learning_rate": 1e-3}
 AE_MODELS = ("dense_autoencoder", "conv_autoencoder", "vae")
-
-
-def _section(config: Any, name: str) -> ml_collections.ConfigDict:
-  sec = config.get(name, None) if hasattr(config, "get") else None
-  return ml_collections.ConfigDict(sec if sec is not None else {})
 
 
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -88,39 +80,37 @@ class AutoencoderTask(Task):
       kwargs.setdefault("output_shape", self.input_shape)
       self.likelihood = kwargs.get("likelihood", "bernoulli")
     self.model = models.get_model(name, **kwargs)
-    a = _section(config, "ae")
-    loss = a.get("loss", None) or config.get("loss", None)
-    loss = {"sigmoid_binary_cross_entropy": "bce"}.get(loss, loss)
+    a = section(config, "ae", default_config())
+    given = config.get("ae", None) if hasattr(config, "get") else None
+    if not (given and "loss" in given) and config.get("loss", None) in (
+        "bce", "mse", "sigmoid_binary_cross_entropy"):
+      a.loss = config.loss  # an autoencoder loss named at the top level
+    loss = {"sigmoid_binary_cross_entropy": "bce"}.get(a.loss, a.loss)
     if loss not in ("bce", "mse"):
-      # The base config's 'softmax_cross_entropy' means nothing here.
-      if a.get("loss", None):
-        raise ValueError(f"unknown autoencoder loss {loss!r}: 'bce' or 'mse' "
-                         "(--config.ae.loss=...)")
-      loss = "bce"
+      raise ValueError(f"unknown autoencoder loss {loss!r}: 'bce' or 'mse' "
+                       "(--config.ae.loss=...)")
     self.loss_name = loss
-    self.kl_weight = float(a.get("kl_weight", 1.0))
-    self.gaussian_var = float(a.get("gaussian_var", 0.1))
-    self.num_images = int(a.get("num_images", 64))
-    self.sample_seed = int(a.get("sample_seed", 0))
-    opt = config.get("optimizer", None)
-    self.tx, self.schedule = optim.make_optimizer(
-        ml_collections.ConfigDict(opt if opt is not None else _DEFAULT_OPT), total_steps)
+    self.kl_weight = float(a.kl_weight)
+    self.gaussian_var = float(a.gaussian_var)
+    self.num_images = int(a.num_images)
+    self.sample_seed = int(a.sample_seed)
     self._reference = None
     self._recon = jax.jit(self._recon_fn)
     self._decode = jax.jit(self._decode_fn)
+    if self.is_vae:
+      self.shown_metrics = ("loss", "kl")
+    else:
+      self.shown_metrics = ("loss", "mse")
 
   def init(self, key, batch):
     x = batch["inputs"]
     variables = self.model.init(key, jnp.zeros((1,) + tuple(x.shape[1:]), jnp.float32))
-    params, model_state = models.split_variables(variables)
-    return params, self.tx.init(params), model_state
+    return models.split_variables(variables)
 
   def _apply(self, params, model_state, x, *, train, key=None):
-    rngs = None
-    if key is not None:
-      kd, kl = jax.random.split(key)
-      rngs = {"dropout": kd, "latent": kl} if self.is_vae else {"dropout": kd}
-    return self.model.apply({"params": params, **model_state}, x, train=train, rngs=rngs)
+    out, model_state = self.model.apply({"params": params, **model_state}, x, train=train,
+                                        rngs=models.make_rngs(self.model, key))
+    return {k: v.astype(jnp.float32) for k, v in out.items()}, model_state
 
   def _losses(self, out, x):
     """Per-example terms: {'loss', 'mse', ...} each [B]."""
@@ -147,21 +137,11 @@ class AutoencoderTask(Task):
       m["loss"] = recon_loss
     return m
 
-  def train_update(self, state, batch, key):
-    x = batch["inputs"].astype(jnp.float32)
-
-    def loss_fn(params):
-      out, model_state = self._apply(params, state.model_state, x, train=True, key=key)
-      m = self._losses(out, x)
-      return jnp.mean(m["loss"]), (model_state, m)
-
-    (loss, (model_state, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {k: jnp.mean(v) for k, v in m.items()}
-    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=self.schedule(state.step))
-    return state.replace(params=params, opt_state=opt_state, model_state=model_state), metrics
+  def loss(self, params, model_state, batch, key):
+    x = batch["inputs"]
+    out, model_state = self._apply(params, model_state, x, train=True, key=key)
+    m = {k: jnp.mean(v) for k, v in self._losses(out, x.astype(jnp.float32)).items()}
+    return m["loss"], (model_state, m)
 
   def eval_metrics(self, state, batch):
     """Per-example sums; the VAE's z is sampled with a fixed key (one-sample ELBO)."""
@@ -202,28 +182,27 @@ class AutoencoderTask(Task):
     """Float [N, H, W, C] images in [0, 1] whose reconstructions are drawn."""
     self._reference = np.asarray(x, np.float32)
 
+  def set_reference_data(self, train_images, train_labels, test_images) -> None:
+    self.set_reference_images(test_images[:self.num_images])
+
+  wants_reference_images = True
+
   def on_evaluate(self, state, workdir, step):
+    """reference_mse, and the grids 'recon' (rows of originals above their
+    reconstructions) and, for the VAE, 'samples' (decoded z ~ N(0, I))."""
     out = {}
-    if self._reference is None:
-      ref = images.reference_images(self.config, "test")
-      if ref is not None:
-        self._reference = ref[0][:self.num_images]
     if self._reference is not None:
       x = self._reference[:self.num_images]
       r = self.reconstruct(state, x)
       out["reference_mse"] = float(np.mean((r - x) ** 2))
       ncols = int(math.ceil(math.sqrt(len(x))))
-      # Rows of originals followed by the same rows reconstructed.
       rows = []
       for s in range(0, len(x), ncols):
         rows += [x[s:s + ncols], r[s:s + ncols]]
       pairs = np.concatenate([np.pad(b, ((0, ncols - len(b)),) + ((0, 0),) * 3) for b in rows])
-      if jax.process_index() == 0:
-        images.save_grid_png(os.path.join(workdir, f"recon_{int(step):06d}.png"), pairs,
-                             ncols=ncols)
-    if self.is_vae and jax.process_index() == 0:
-      images.save_grid_png(os.path.join(workdir, f"samples_{int(step):06d}.png"),
-                           self.sample(state, self.num_images))
+      out["recon"] = images.make_grid(pairs, ncols=ncols)
+    if self.is_vae:
+      out["samples"] = images.make_grid(self.sample(state, self.num_images))
     return out
 
 

@@ -33,24 +33,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxdl import fid, images, models, parallel
-from jaxdl.train import optim
-from jaxdl.train.task import Task
+from jaxdl.train.task import ParamGroup, Task, section
 
 _DEFAULT_OPT = {"name": "adam", "learning_rate": 2e-4, "b1": 0.5}
-
-
-def _section(config: Any, name: str) -> ml_collections.ConfigDict:
-  sec = config.get(name, None) if hasattr(config, "get") else None
-  return ml_collections.ConfigDict(sec if sec is not None else {})
-
-
-def _optimizer(cfg: Any, fallback: Any, total_steps: int):
-  cfg = cfg if cfg is not None else fallback
-  cfg = ml_collections.ConfigDict(cfg if cfg is not None else _DEFAULT_OPT)
-  return optim.make_optimizer(cfg, total_steps)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -75,29 +62,35 @@ class GANTask(Task):
   best_metric = "frechet_distance"  # from on_evaluate
   best_mode = "min"
 
+  guarded_metrics = ("d_loss", "g_loss")
+  shown_metrics = ("d_loss", "g_loss", "d_real", "d_fake")
+  wants_reference_images = True
+
   def __init__(self, config: Any, info: dict, total_steps: int = 0):
+    del total_steps
     self.config, self.info = config, info
-    g = _section(config, "gan")
-    self.latent_dim = int(g.get("latent_dim", 100))
-    gkw = dict(g.get("generator_kwargs", None) or {})
+    g = self.section = section(config, "gan", default_config())
+    self.latent_dim = int(g.latent_dim)
+    gkw = dict(g.generator_kwargs)
     if "input_shape" in info:
       gkw.setdefault("output_shape", tuple(info["input_shape"]))
-    self.generator = models.get_model(g.get("generator", "dcgan_generator"), **gkw)
-    self.discriminator = models.get_model(g.get("discriminator", "dcgan_discriminator"),
-                                          **dict(g.get("discriminator_kwargs", None) or {}))
-    base = config.get("optimizer", None) if hasattr(config, "get") else None
-    self.g_tx, self.schedule = _optimizer(g.get("g_optimizer", None), base, total_steps)
-    self.d_tx, _ = _optimizer(g.get("d_optimizer", None), base, total_steps)
-    self.sample_seed = int(g.get("sample_seed", 0))
-    self.num_grid_samples = int(g.get("num_grid_samples", 64))
-    self.use_fid = bool(g.get("fid", True))
-    self.fid_num_samples = int(g.get("fid_num_samples", 5000))
-    self.fid_reference_size = int(g.get("fid_reference_size", 10000))
-    self.fid_classifier_path = g.get("fid_classifier_path", "") or ""
-    self.fid_classifier_steps = int(g.get("fid_classifier_steps", 500))
+    self.generator = models.get_model(g.generator, **gkw)
+    self.discriminator = models.get_model(g.discriminator, **dict(g.discriminator_kwargs))
+    self.sample_seed = int(g.sample_seed)
+    self.num_grid_samples = int(g.num_grid_samples)
+    self.use_fid = bool(g.fid)
+    self.wants_reference_images = self.use_fid
+    self.fid_num_samples = int(g.fid_num_samples)
+    self.fid_reference_size = int(g.fid_reference_size)
+    self.fid_classifier_path = g.fid_classifier_path
+    self.fid_classifier_steps = int(g.fid_classifier_steps)
     self._reference = None  # (train_x, train_y, test_x)
     self._scorer = None
     self._generate = jax.jit(self._generate_fn)
+
+  def param_groups(self):
+    return {"generator": ParamGroup(self.section.g_optimizer, key="generator"),
+            "discriminator": ParamGroup(self.section.d_optimizer, key="discriminator")}
 
   # --- pure functions -------------------------------------------------------
 
@@ -111,61 +104,57 @@ class GANTask(Task):
     d_vars = self.discriminator.init(kd, jnp.zeros((1,) + tuple(x.shape[1:]), jnp.float32))
     gp, gs = models.split_variables(g_vars)
     dp, ds = models.split_variables(d_vars)
-    params = {"generator": gp, "discriminator": dp}
-    opt_state = {"generator": self.g_tx.init(gp), "discriminator": self.d_tx.init(dp)}
-    return params, opt_state, {"generator": gs, "discriminator": ds}
+    return {"generator": gp, "discriminator": dp}, {"generator": gs, "discriminator": ds}
 
   def _g(self, params, state, z, train):
-    return self.generator.apply({"params": params, **state}, z, train=train)
+    out, state = self.generator.apply({"params": params, **state}, z, train=train)
+    return out.astype(jnp.float32), state
 
   def _d(self, params, state, x, train):
-    return self.discriminator.apply({"params": params, **state}, x, train=train)
+    out, state = self.discriminator.apply({"params": params, **state}, x, train=train)
+    return out.astype(jnp.float32), state
 
-  def train_update(self, state, batch, key):
-    x = batch["inputs"].astype(jnp.float32) * 2.0 - 1.0
-    n = x.shape[0]
+  def train_update(self, ctx, state, batch, key):
+    """One discriminator step, then one generator step against the new D; the
+    noise of both is drawn for the whole batch first (so an accumulated step
+    sees the same z as the whole batch)."""
+    n = batch["inputs"].shape[0]
     kd, kg = jax.random.split(key)
+    batch = dict(batch, z_d=self.noise(kd, n), z_g=self.noise(kg, n))
     gp, dp = state.params["generator"], state.params["discriminator"]
-    gs, ds = state.model_state["generator"], state.model_state["discriminator"]
 
     # Discriminator: minimise -log D(x) - log(1 - D(G(z))).
-    fake, gs = self._g(gp, gs, self.noise(kd, n), True)
-    fake = jax.lax.stop_gradient(fake)
-
-    def d_loss_fn(dp):
-      real_logits, ds1 = self._d(dp, ds, x, True)
-      fake_logits, ds2 = self._d(dp, ds1, fake, True)
+    def d_loss_fn(dp, ms, b, _):
+      x = b["inputs"] * 2.0 - 1.0
+      fake, gs = self._g(ctx.compute(gp), ms["generator"], b["z_d"], True)
+      fake = jax.lax.stop_gradient(fake).astype(x.dtype)
+      real_logits, ds = self._d(dp, ms["discriminator"], x, True)
+      fake_logits, ds = self._d(dp, ds, fake, True)
       loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
-      return loss, (ds2, real_logits, fake_logits)
+      return loss, ({"generator": gs, "discriminator": ds},
+                    {"d_real": jnp.mean(jax.nn.sigmoid(real_logits)),   # D(x)
+                     "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits))})  # D(G(z)) before
 
-    (d_loss, (ds, real_logits, fake_logits)), d_grads = jax.value_and_grad(
-        d_loss_fn, has_aux=True)(dp)
-    d_updates, d_opt = self.d_tx.update(d_grads, state.opt_state["discriminator"], dp)
-    dp = optax.apply_updates(dp, d_updates)
+    d_grads, ms, dm = ctx.grads(d_loss_fn, dp, state.model_state, batch, None)
+    dp, d_opt, d_stats = ctx.apply("discriminator", d_grads, dp,
+                                   state.opt_state["discriminator"])
 
     # Generator (non-saturating): minimise -log D(G(z)) against the new D.
-    def g_loss_fn(gp):
-      fake, gs1 = self._g(gp, gs, self.noise(kg, n), True)
-      logits, _ = self._d(dp, ds, fake, True)
-      return jnp.mean(jax.nn.softplus(-logits)), (gs1, logits)
+    def g_loss_fn(gp, ms, b, _):
+      fake, gs = self._g(gp, ms["generator"], b["z_g"], True)
+      logits, _ = self._d(ctx.compute(dp), ms["discriminator"], fake, True)
+      return jnp.mean(jax.nn.softplus(-logits)), (
+          {"generator": gs, "discriminator": ms["discriminator"]},
+          {"d_fake_after": jnp.mean(jax.nn.sigmoid(logits))})
 
-    (g_loss, (gs, g_logits)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(gp)
-    g_updates, g_opt = self.g_tx.update(g_grads, state.opt_state["generator"], gp)
-    gp = optax.apply_updates(gp, g_updates)
-
+    g_grads, ms, gm = ctx.grads(g_loss_fn, gp, ms, batch, None)
+    gp, g_opt, g_stats = ctx.apply("generator", g_grads, gp, state.opt_state["generator"])
     new_state = state.replace(
         params={"generator": gp, "discriminator": dp},
-        opt_state={"generator": g_opt, "discriminator": d_opt},
-        model_state={"generator": gs, "discriminator": ds})
-    metrics = {
-        "d_loss": d_loss, "g_loss": g_loss,
-        "d_real": jnp.mean(jax.nn.sigmoid(real_logits)),   # D(x)
-        "d_fake": jnp.mean(jax.nn.sigmoid(fake_logits)),   # D(G(z)) before the D step
-        "d_fake_after": jnp.mean(jax.nn.sigmoid(g_logits)),
-        "d_grad_norm": optax.tree.norm(d_grads),
-        "g_grad_norm": optax.tree.norm(g_grads),
-        "learning_rate": self.schedule(state.step),
-    }
+        opt_state={"generator": g_opt, "discriminator": d_opt}, model_state=ms)
+    metrics = {"d_loss": dm.pop("loss"), "g_loss": gm.pop("loss"), **dm, **gm,
+               "d_grad_norm": d_stats["grad_norm"], "g_grad_norm": g_stats["grad_norm"],
+               "learning_rate": g_stats["learning_rate"]}
     return new_state, metrics
 
   def eval_metrics(self, state, batch):
@@ -218,11 +207,7 @@ class GANTask(Task):
     if self._scorer is not None:
       return self._scorer
     if self._reference is None:
-      train = images.reference_images(self.config, "train")
-      test = images.reference_images(self.config, "test")
-      if train is None or test is None:
-        return None
-      self._reference = (train[0], train[1], test[0])
+      return None  # no real images were handed over (set_reference_data)
     tx, ty, test_x = self._reference
     path = self.fid_classifier_path or os.path.join(workdir, "fid_classifier.msgpack")
     params = fid.load_or_train_classifier(
@@ -234,10 +219,9 @@ class GANTask(Task):
     return self._scorer
 
   def on_evaluate(self, state, workdir, step):
-    out = {}
-    grid = self.sample(state, self.num_grid_samples)
-    if jax.process_index() == 0:
-      images.save_grid_png(os.path.join(workdir, f"samples_{int(step):06d}.png"), grid)
+    """'samples' (a grid of fixed-noise samples) and, with gan.fid, the
+    Frechet distance and class shares of `FIDScorer.score`."""
+    out = {"samples": images.make_grid(self.sample(state, self.num_grid_samples))}
     if self.use_fid:
       scorer = self.scorer(workdir)
       if scorer is not None:

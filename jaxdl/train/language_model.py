@@ -35,8 +35,6 @@ from jaxdl import models, parallel
 from jaxdl.configs import ConfigError
 from jaxdl.data import text
 from jaxdl.models import transformer
-from jaxdl.train import optim
-from jaxdl.train.engine import apply_gradients
 from jaxdl.train.task import Task
 
 # Folded into the seed's key so the sampling stream is not one of training's.
@@ -74,14 +72,8 @@ class LanguageModelTask(Task):
     kwargs = dict(config.model.get("kwargs", {}))
     if "vocab_size" in info:
       kwargs.setdefault("vocab_size", info["vocab_size"])
-    if config.get("dtype", "float32") != "float32":
-      raise ConfigError(f"dtype={config.dtype!r}: the language-model task computes in "
-                        "float32 only; pass --config.dtype=float32")
-    if config.get("grad_accum_steps", 1) != 1:
-      raise ConfigError(f"grad_accum_steps={config.grad_accum_steps}: the language-model "
-                        "task has no gradient accumulation; pass --config.grad_accum_steps=1")
+    self.config = config
     self.model = models.get_model(config.model.name, **kwargs)
-    self.tx, self.schedule = optim.make_optimizer(config.optimizer, total_steps)
     self.seed = int(config.get("seed", 0))
     lm = config.get("lm", None) or {}
     self.prompts = tuple(lm.get("prompts", ()) if lm else ())
@@ -118,13 +110,12 @@ class LanguageModelTask(Task):
   def init(self, key, batch):
     x = batch["inputs"]
     variables = self.model.init(key, jnp.zeros((1,) + tuple(x.shape[1:]), x.dtype))
-    params, model_state = models.split_variables(variables)
-    return params, self.tx.init(params), model_state
+    return models.split_variables(variables)
 
   def _token_losses(self, params, model_state, tokens, *, train, key=None):
-    rngs = {"dropout": key} if key is not None else None
     logits, model_state = self.model.apply({"params": params, **model_state}, tokens,
-                                           train=train, rngs=rngs)
+                                           train=train, rngs=models.make_rngs(self.model, key))
+    logits = logits.astype(jnp.float32)
     targets = tokens[:, 1:]
     logits = logits[:, :-1]
     mask = (targets != 0).astype(jnp.float32)
@@ -132,17 +123,15 @@ class LanguageModelTask(Task):
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     return ce * mask, correct * mask, mask, model_state
 
-  def train_update(self, state, batch, key):
-    def loss_fn(params):
-      ce, correct, mask, model_state = self._token_losses(
-          params, state.model_state, batch["inputs"], train=True, key=key)
-      n = jnp.maximum(mask.sum(), 1.0)
-      return ce.sum() / n, (model_state, correct.sum() / n)
+  def loss(self, params, model_state, batch, key):
+    ce, correct, mask, model_state = self._token_losses(
+        params, model_state, batch["inputs"], train=True, key=key)
+    n = jnp.maximum(mask.sum(), 1.0)
+    return ce.sum() / n, (model_state, {"accuracy": correct.sum() / n})
 
-    (loss, (model_state, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state, update_norm = apply_gradients(state, self.tx, grads, model_state=model_state)
-    return new_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
-                       "update_norm": update_norm, "learning_rate": self.schedule(state.step)}
+  def loss_weight(self, batch):
+    """The loss is a mean over real target tokens: micro-batches weigh by them."""
+    return jnp.sum(batch["inputs"][:, 1:] != 0).astype(jnp.float32)
 
   def eval_metrics(self, state, batch):
     ce, correct, mask, _ = self._token_losses(state.params, state.model_state,
@@ -191,22 +180,18 @@ class LanguageModelTask(Task):
     return [(ids_to_words(ids[b], tok), cont(b), cont(n + b)) for b in range(n)]
 
   def on_evaluate(self, state, workdir, step):
+    """'samples': each prompt's greedy and sampled continuations, as text."""
     if not self.prompts:
       return {}
     rows = self.sample(state, workdir, step)
-    if jax.process_index() == 0:
-      lines = [f"step {int(step)}: {self.sample_tokens} tokens after each prompt "
-               f"(greedy, then temperature {self.temperature:g}); sampling key = "
-               f"fold_in(fold_in(PRNGKey(seed={self.seed}), {_SAMPLE_STREAM:#x}), "
-               f"{int(step)})", ""]
-      for given, (prompt, greedy, sampled) in zip(self.prompts, rows):
-        lines += [f"prompt: {given}", f"  greedy: {prompt} | {greedy}",
-                  f"  T={self.temperature:g}: {prompt} | {sampled}", ""]
-      path = os.path.join(workdir, f"samples_{int(step):06d}.txt")
-      with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-      os.replace(path + ".tmp", path)
-    return {}
+    lines = [f"step {int(step)}: {self.sample_tokens} tokens after each prompt "
+             f"(greedy, then temperature {self.temperature:g}); sampling key = "
+             f"fold_in(fold_in(PRNGKey(seed={self.seed}), {_SAMPLE_STREAM:#x}), "
+             f"{int(step)})", ""]
+    for given, (prompt, greedy, sampled) in zip(self.prompts, rows):
+      lines += [f"prompt: {given}", f"  greedy: {prompt} | {greedy}",
+                f"  T={self.temperature:g}: {prompt} | {sampled}", ""]
+    return {"samples": "\n".join(lines)}
 
 
 TASKS = {"language_model": LanguageModelTask}

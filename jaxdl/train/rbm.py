@@ -29,7 +29,6 @@ defaults. Inputs must be in [0, 1] (no config.normalize mean/std).
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import jax
@@ -40,21 +39,9 @@ import optax
 
 from jaxdl import images, models, parallel
 from jaxdl.models import rbm as rbm_lib
-from jaxdl.train import optim
-from jaxdl.train.task import Task
+from jaxdl.train.task import ParamGroup, Task, section
 
 _PRETRAIN_OPT = {"name": "momentum", "learning_rate": 0.05, "momentum": 0.9}
-_FINETUNE_OPT = {"name": "adam", "learning_rate": 1e-3}
-
-
-def _section(config: Any, name: str) -> ml_collections.ConfigDict:
-  sec = config.get(name, None) if hasattr(config, "get") else None
-  return ml_collections.ConfigDict(sec if sec is not None else {})
-
-
-def _optimizer(cfg: Any, default: dict, total_steps: int):
-  return optim.make_optimizer(ml_collections.ConfigDict(cfg if cfg is not None else default),
-                              total_steps)
 
 
 def _model_kwargs(config: Any) -> dict:
@@ -74,8 +61,9 @@ def binarize(v: jax.Array, mode: str, key: jax.Array | None) -> jax.Array:
   raise ValueError(f"unknown binarize mode {mode!r}: 'none', 'sample' or 'threshold'")
 
 
-def _filters_png(path: str, w: np.ndarray, input_shape: Sequence[int], n: int) -> None:
-  """Columns of W [V, H] (the first n hidden units) as images, each min-max scaled."""
+def filters_grid(w: np.ndarray, input_shape: Sequence[int], n: int) -> np.ndarray:
+  """Columns of W [V, H] (the first n hidden units) as one grid image, each
+  min-max scaled."""
   w = np.asarray(w)
   n = min(n, w.shape[1])
   shape = tuple(input_shape) if int(np.prod(input_shape)) == w.shape[0] else (w.shape[0], 1, 1)
@@ -84,7 +72,7 @@ def _filters_png(path: str, w: np.ndarray, input_shape: Sequence[int], n: int) -
     f = f[..., None]
   if f.shape[-1] not in (1, 3):
     f = f[..., :1]
-  images.save_grid_png(path, images.normalize_each(f))
+  return images.make_grid(images.normalize_each(f))
 
 
 def rbm_default_config() -> ml_collections.ConfigDict:
@@ -107,6 +95,8 @@ class RBMTask(Task):
   name = "rbm"
   best_metric = "recon_error"
   best_mode = "min"
+  guarded_metrics = ("recon_error", "free_energy")
+  shown_metrics = ("recon_error", "free_energy")
 
   def __init__(self, config: Any, info: dict, total_steps: int = 0):
     self.info = info
@@ -114,15 +104,17 @@ class RBMTask(Task):
     kwargs = _model_kwargs(config)
     kwargs.setdefault("n_visible", int(np.prod(self.input_shape)))
     self.model = models.get_model("rbm", **kwargs)
-    r = _section(config, "rbm")
-    self.k = int(r.get("cd_k", 1))
-    self.persistent = bool(r.get("persistent", False))
-    self.num_chains = int(r.get("num_chains", 100))
-    self.binarize = r.get("binarize", "none")
-    self.fe_decay = float(r.get("fe_decay", 0.9))
-    self.num_filters = int(r.get("num_filters", 100))
-    self.tx, self.schedule = _optimizer(r.get("optimizer", None) or config.get("optimizer", None),
-                                        _PRETRAIN_OPT, total_steps)
+    r = section(config, "rbm", rbm_default_config())
+    self.k = int(r.cd_k)
+    self.persistent = bool(r.persistent)
+    self.num_chains = int(r.num_chains)
+    self.binarize = r.binarize
+    self.fe_decay = float(r.fe_decay)
+    self.num_filters = int(r.num_filters)
+    self.optimizer = r.optimizer
+
+  def param_groups(self):
+    return {"all": ParamGroup(self.optimizer)}
 
   def init(self, key, batch):
     k_init, k_chain = jax.random.split(key)
@@ -134,33 +126,33 @@ class RBMTask(Task):
       v = params["b_v"].shape[0]
       model_state["chains"] = jax.random.bernoulli(
           k_chain, 0.5, (self.num_chains, v)).astype(jnp.float32)
-    return params, self.tx.init(params), model_state
+    return params, model_state
 
-  def train_update(self, state, batch, key):
-    kb, kg = jax.random.split(key)
-    v = binarize(batch["inputs"], self.binarize, kb)
-    params, ms = state.params, dict(state.model_state)
-    if self.persistent:
-      grads, v_neg = rbm_lib.pcd_gradients(params, v, ms["chains"], kg, self.k)
-      ms["chains"] = v_neg
-    else:
-      grads, v_neg = rbm_lib.cd_gradients(params, v, kg, self.k)
-    updates, opt_state = self.tx.update(grads, state.opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    fe_data = jnp.mean(rbm_lib.free_energy(params, v))
-    fe_model = jnp.mean(rbm_lib.free_energy(params, v_neg))
+  def train_update(self, ctx, state, batch, key):
+    def grad_fn(params, ms, b, key):
+      # CD-k's gradient is the data minus the model statistics, not autodiff.
+      kb, kg = jax.random.split(key)
+      v = binarize(b["inputs"], self.binarize, kb)
+      ms = dict(ms)
+      if self.persistent:
+        grads, v_neg = rbm_lib.pcd_gradients(params, v, ms["chains"], kg, self.k)
+        ms["chains"] = v_neg
+      else:
+        grads, v_neg = rbm_lib.cd_gradients(params, v, kg, self.k)
+      return grads, ms, {
+          "recon_error": jnp.mean(rbm_lib.reconstruction_error(params, v)),
+          "free_energy": jnp.mean(rbm_lib.free_energy(params, v)),
+          "free_energy_model": jnp.mean(rbm_lib.free_energy(params, v_neg))}
+
+    grads, ms, metrics = ctx.accumulate(grad_fn, state.params, state.model_state, batch, key)
+    params, opt_state, stats = ctx.apply("all", grads, state.params, state.opt_state)
     # Running mean of the training free energy for the held-out gap; the
     # first step starts it at the current value.
-    ms["fe_train"] = jnp.where(state.step == 0, fe_data,
-                               self.fe_decay * ms["fe_train"] + (1 - self.fe_decay) * fe_data)
-    metrics = {
-        "recon_error": jnp.mean(rbm_lib.reconstruction_error(params, v)),
-        "free_energy": fe_data,
-        "free_energy_model": fe_model,
-        "grad_norm": optax.tree.norm(grads),
-        "learning_rate": self.schedule(state.step),
-    }
-    return state.replace(params=new_params, opt_state=opt_state, model_state=ms), metrics
+    fe = metrics["free_energy"]
+    ms["fe_train"] = jnp.where(state.step == 0, fe,
+                               self.fe_decay * ms["fe_train"] + (1 - self.fe_decay) * fe)
+    metrics.update(grad_norm=stats["grad_norm"], learning_rate=stats["learning_rate"])
+    return state.replace(params=params, opt_state=opt_state, model_state=ms), metrics
 
   def eval_metrics(self, state, batch):
     """recon_error, free_energy, free_energy_gap (held-out F minus the running
@@ -177,16 +169,14 @@ class RBMTask(Task):
             "pseudo_likelihood": jnp.sum(mask * pl)}
 
   def on_evaluate(self, state, workdir, step):
-    if jax.process_index() == 0:
-      w = parallel.to_host(state.params["W"])
-      _filters_png(os.path.join(workdir, f"filters_{int(step):06d}.png"), w,
-                   self.input_shape, self.num_filters)
-      if self.persistent:
-        chains = parallel.to_host(state.model_state["chains"])[:64]
-        if int(np.prod(self.input_shape)) == chains.shape[1]:
-          images.save_grid_png(os.path.join(workdir, f"chains_{int(step):06d}.png"),
-                               chains.reshape((-1,) + self.input_shape))
-    return {}
+    """'filters' (the first hidden units' weights) and, for PCD, 'chains'."""
+    out = {"filters": filters_grid(parallel.to_host(state.params["W"]), self.input_shape,
+                                   self.num_filters)}
+    if self.persistent:
+      chains = parallel.to_host(state.model_state["chains"])[:64]
+      if int(np.prod(self.input_shape)) == chains.shape[1]:
+        out["chains"] = images.make_grid(chains.reshape((-1,) + self.input_shape))
+    return out
 
 
 class DBNTask(Task):
@@ -202,6 +192,8 @@ class DBNTask(Task):
   name = "dbn"
   best_metric = "accuracy"
   best_mode = "max"
+  guarded_metrics = ("loss", "layer_recon_error")
+  shown_metrics = ("loss", "accuracy", "layer_recon_error")
 
   def __init__(self, config: Any, info: dict, total_steps: int = 0):
     self.info = info
@@ -211,23 +203,28 @@ class DBNTask(Task):
     self.hidden = tuple(kwargs.get("hidden", (500, 500)))
     kwargs["hidden"] = self.hidden
     self.model = models.get_model("dbn_classifier", **kwargs)
-    d = _section(config, "dbn")
-    steps = d.get("pretrain_steps", 1000)
+    d = section(config, "dbn", dbn_default_config())
+    steps = d.pretrain_steps
     steps = [int(steps)] * len(self.hidden) if np.ndim(steps) == 0 else [int(s) for s in steps]
     if len(steps) != len(self.hidden):
       raise ValueError(f"dbn.pretrain_steps has {len(steps)} entries for "
                        f"{len(self.hidden)} hidden layers")
     self.boundaries = np.cumsum(steps).astype(np.int32)  # phase k ends at boundaries[k]
-    self.k = int(d.get("cd_k", 1))
-    self.binarize = d.get("binarize", "none")
-    self.num_filters = int(d.get("num_filters", 100))
-    self.pre_tx, _ = _optimizer(d.get("pretrain_optimizer", None), _PRETRAIN_OPT, 0)
-    self.ft_tx, self.schedule = _optimizer(
-        config.get("optimizer", None), _FINETUNE_OPT,
-        max(total_steps - int(self.boundaries[-1]), 0))
+    self.k = int(d.cd_k)
+    self.binarize = d.binarize
+    self.num_filters = int(d.num_filters)
+    self.pretrain_optimizer = d.pretrain_optimizer
+    self.finetune_optimizer = config.optimizer
+    self.finetune_steps = max(total_steps - int(self.boundaries[-1]), 0)
     if total_steps and total_steps <= int(self.boundaries[-1]):
       raise ValueError(f"total steps {total_steps} leave no fine-tuning after "
                        f"{int(self.boundaries[-1])} pretraining steps")
+
+  def param_groups(self):
+    groups = {f"rbm_{i}": ParamGroup(self.pretrain_optimizer, key=f"rbm_{i}", total_steps=0)
+              for i in range(self.num_layers)}
+    groups["finetune"] = ParamGroup(self.finetune_optimizer, total_steps=self.finetune_steps)
+    return groups
 
   @property
   def num_layers(self) -> int:
@@ -240,11 +237,7 @@ class DBNTask(Task):
   def init(self, key, batch):
     x = batch["inputs"]
     variables = self.model.init(key, jnp.zeros((1,) + tuple(x.shape[1:]), jnp.float32))
-    params, model_state = models.split_variables(variables)
-    opt_state = {f"rbm_{i}": self.pre_tx.init(params[f"rbm_{i}"])
-                 for i in range(self.num_layers)}
-    opt_state["finetune"] = self.ft_tx.init(params)
-    return params, opt_state, model_state
+    return models.split_variables(variables)
 
   def _classify(self, params, model_state, x):
     logits, _ = self.model.apply({"params": params, **model_state}, x, train=False)
@@ -256,44 +249,49 @@ class DBNTask(Task):
       v = rbm_lib.p_h_given_v(params[f"rbm_{j}"], v)
     return jax.lax.stop_gradient(v)
 
-  def train_update(self, state, batch, key):
-    kb, kg = jax.random.split(key)
-    v0 = binarize(batch["inputs"], self.binarize, kb)
-    label = batch["label"]
+  def train_update(self, ctx, state, batch, key):
     model_state = state.model_state
 
-    def batch_metrics(params):
-      logits = self._classify(params, model_state, v0)
+    def batch_metrics(params, v0, label):
+      logits = self._classify(params, model_state, v0).astype(jnp.float32)
       return {"loss": jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, label)),
               "accuracy": jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32)),
               "recon_error": jnp.mean(rbm_lib.reconstruction_error(params["rbm_0"], v0))}
 
     def pretrain(k):
+      name = f"rbm_{k}"
+
+      def grad_fn(p, ms, b, key):
+        kb, kg = jax.random.split(key)
+        params = {**ctx.compute(state.params), name: p}
+        v = self._propagate(params, binarize(b["inputs"], self.binarize, kb), k)
+        grads, _ = rbm_lib.cd_gradients(p, v, kg, self.k)
+        return grads, ms, {"layer_recon_error": jnp.mean(rbm_lib.reconstruction_error(p, v))}
+
       def branch(operand):
         params, opt_state = operand
-        name = f"rbm_{k}"
-        v = self._propagate(params, v0, k)
-        grads, _ = rbm_lib.cd_gradients(params[name], v, kg, self.k)
-        updates, o = self.pre_tx.update(grads, opt_state[name], params[name])
-        params = {**params, name: optax.apply_updates(params[name], updates)}
-        m = batch_metrics(params)
-        m["layer_recon_error"] = jnp.mean(rbm_lib.reconstruction_error(params[name], v))
-        return params, {**opt_state, name: o}, m
+        grads, _, m = ctx.accumulate(grad_fn, params[name], model_state, batch, key)
+        p, o, _ = ctx.apply(name, grads, params[name], opt_state[name])
+        params = {**params, name: p}
+        v0 = binarize(batch["inputs"], self.binarize, jax.random.split(key)[0])
+        return params, {**opt_state, name: o}, {**batch_metrics(params, v0, batch["label"]),
+                                                **m}
       return branch
 
     def finetune(operand):
       params, opt_state = operand
 
-      def loss_fn(p):
-        logits = self._classify(p, model_state, v0)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, label))
+      def loss_fn(p, ms, b, key):
+        v0 = binarize(b["inputs"], self.binarize, jax.random.split(key)[0])
+        logits = self._classify(p, ms, v0).astype(jnp.float32)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            logits, b["label"])), (ms, {})
 
-      grads = jax.grad(loss_fn)(params)
-      updates, o = self.ft_tx.update(grads, opt_state["finetune"], params)
-      params = optax.apply_updates(params, updates)
-      m = batch_metrics(params)
-      m["layer_recon_error"] = m["recon_error"]
-      return params, {**opt_state, "finetune": o}, m
+      grads, _, _ = ctx.grads(loss_fn, params, model_state, batch, key)
+      params, o, _ = ctx.apply("finetune", grads, params, opt_state["finetune"])
+      v0 = binarize(batch["inputs"], self.binarize, jax.random.split(key)[0])
+      m = batch_metrics(params, v0, batch["label"])
+      return params, {**opt_state, "finetune": o}, {**m, "layer_recon_error": m["recon_error"]}
 
     phase = self.phase(state.step)
     branches = [pretrain(k) for k in range(self.num_layers)] + [finetune]
@@ -313,11 +311,9 @@ class DBNTask(Task):
             "recon_error": jnp.sum(mask * rec)}
 
   def on_evaluate(self, state, workdir, step):
-    if jax.process_index() == 0:
-      w = parallel.to_host(state.params["rbm_0"]["W"])
-      _filters_png(os.path.join(workdir, f"filters_{int(step):06d}.png"), w,
-                   self.input_shape, self.num_filters)
-    return {}
+    """'filters': the first RBM's hidden units' weights."""
+    return {"filters": filters_grid(parallel.to_host(state.params["rbm_0"]["W"]),
+                                    self.input_shape, self.num_filters)}
 
 
 TASKS = {"rbm": RBMTask, "dbn": DBNTask}

@@ -15,7 +15,7 @@ import relutil
 from jaxdl import parallel
 from jaxdl.configs import ConfigError, base_config
 from jaxdl.data import DataError, sources
-from jaxdl.tasks import build_task
+from jaxdl.train.registry import build_task
 from jaxdl.train import loop
 from jaxdl.train.engine import Engine
 

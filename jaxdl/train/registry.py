@@ -1,4 +1,4 @@
-"""Task registry: `config.task` -> a `jaxdl.train.task.Task`.
+"""Task registry (it lives with the tasks): `config.task` -> a `jaxdl.train.task.Task`.
 
 Each module listed here defines `TASKS: dict[str, type]`, constructors
 `Task(config, info)` (or `Task(config, info, total_steps)`).
