@@ -1,26 +1,18 @@
 """Checkpoints: the only module that imports orbax.
 
-A checkpoint `checkpoints/<step>/` holds three items, committed together by
-orbax (written to a temporary folder, renamed when complete):
-
-  state  the TrainState (`StandardSave`), restored into an abstract target
-         that carries the *current* shardings (resume on another device count);
-  data   the grain iterator's position (grain's orbax handler);
-  meta   jaxdl's record: each leaf's shape, dtype and two 32-bit checksums
-         (the sum and the odd-position-weighted sum of its 32-bit words: any
-         one flipped bit changes the second), computed on the device in one
-         jitted call (no host copy of the state), the iterator position and
-         the process count.
-
-A restore is verified against `meta`: the leaf paths, shapes and dtypes first
-(a mismatch means another model: the run stops, nothing is moved), then the
-checksums and the iterator position. A checkpoint that fails is reported and
-moved to `checkpoints/corrupt/<step>` (never deleted); the next newest is
-tried. Saves are asynchronous; the last `max_to_keep` and the best by the
-task's metric (saved with each eval step, so known after any relaunch) are
-kept. A state holding NaN/Inf is never saved. orbax removes a killed run's
-half-written saves when the manager opens (`cleanup_tmp`, off for readers of
-a live run).
+`checkpoints/<step>/` holds three items, committed together by orbax: `state`
+(the TrainState, restored into a target with the *current* shardings, so a
+run resumes on another device count), `data` (grain's iterator position) and
+`meta`, jaxdl's record: each leaf's shape, dtype and two 32-bit checksums
+(the sum and the odd-position-weighted sum of its words: any one flipped bit
+changes the second), computed on the device in one jitted call, the iterator
+position and the process count. A restore is verified against `meta`
+(structure first: a mismatch is another model, not damage); a checkpoint that
+fails is moved to `checkpoints/corrupt/<step>` and the next newest tried.
+Saves are asynchronous; the last `max_to_keep` and the best by the task's
+metric (saved with each eval step) are kept; a NaN/Inf state is never saved;
+a killed run's half-written saves are removed when the manager opens
+(`cleanup_tmp`, off for readers of a live run).
 """
 
 from __future__ import annotations
@@ -67,33 +59,8 @@ def short_error(e: BaseException) -> str:
   tensorstore gives its errno only in its text)."""
   if isinstance(e, OSError) and e.errno:
     return os.strerror(e.errno)
-  msg = " ".join(str(e).split())
-  m = re.search(r"os_error_code=\W?(\d+)", msg)
+  msg, m = " ".join(str(e).split()), re.search(r"os_error_code=\W?(\d+)", str(e))
   return os.strerror(int(m.group(1))) if m else (msg[:240] or type(e).__name__)
-
-
-class _DropReraisedOrbaxErrors(logging.Filter):
-  """orbax logs a traceback for a failed async save and then re-raises it to us;
-  jaxdl reports it as one line, so the logged copy is dropped."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and record.exc_info and
-                f"{os.sep}orbax{os.sep}" in record.pathname)
-
-
-def _quiet_orbax_echoes() -> None:
-  """Installed when a Checkpointer is made (not at import): drops orbax's logged
-  copy of an error it re-raises, and the "Event loop is closed" echoes of a
-  failed tensorstore op's siblings (the failure itself is reported once)."""
-  absl_log, previous = logging.getLogger("absl"), sys.unraisablehook
-  if not any(isinstance(f, _DropReraisedOrbaxErrors) for f in absl_log.filters):
-    absl_log.addFilter(_DropReraisedOrbaxErrors())
-  if not getattr(previous, "jaxdl_quiet", False):
-    def hook(args):
-      if not (args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"):
-        previous(args)
-    hook.jaxdl_quiet = True
-    sys.unraisablehook = hook
 
 
 def _leaf_name(path) -> str:
@@ -134,10 +101,8 @@ def _data_state(data_iterator: Any) -> Any:
 
 
 class Checkpointer:
-  """Save/verified restore of (train state, data iterator) under `directory`.
-
-  `report` receives the one-line warnings (default: stderr).
-  """
+  """Save/verified restore of (train state, data iterator) under `directory`;
+  `report` receives the one-line warnings (default: stderr)."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3,
                best_metric: str | None = None, best_mode: str = "max",
@@ -146,7 +111,6 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.best_metric, self.best_mode = best_metric, best_mode
     self.report = report or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    _quiet_orbax_echoes()
     self._pending: int | None = None  # step of the save in flight
     policies = [checkpoint_managers.LatestN(n=max_to_keep)]
     best_fn = (lambda m: m[best_metric]) if best_metric else None
@@ -159,7 +123,9 @@ class Checkpointer:
         # best_fn makes orbax write each save's metrics and read them back when
         # it opens (so the best is known after a relaunch); the policy keeps.
         best_fn=best_fn, best_mode=best_mode, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=cleanup_tmp, create=True)
+        # orbax's own cleanup runs in the background until the first save (a
+        # killed run's leftovers outlived a reader's open+close): jaxdl's is below.
+        cleanup_tmp_directories=False, create=True)
     try:  # fail at launch, not at the first save after hours of training
       os.makedirs(self.directory, exist_ok=True)
       probe = os.path.join(self.directory, f".write_test_{os.getpid()}")
@@ -169,6 +135,9 @@ class Checkpointer:
       self._set_aside_unreadable_metrics()
       self._manager = ocp.CheckpointManager(self.directory, options=self._options,
                                             item_names=("state", "data", "meta"))
+      for name in os.listdir(self.directory) if cleanup_tmp and jax.process_index() == 0 else ():
+        if ".orbax-checkpoint-tmp" in name:  # a killed run's half-written save
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
     except OSError as e:
       why = ("a file is in the way" if os.path.exists(self.directory) and
              not os.path.isdir(self.directory) else short_error(e))
@@ -319,13 +288,9 @@ class Checkpointer:
     return meta
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
-    """The state of step `step`, checked against its `meta` checksums.
-
-    `abstract_state`: `jax.ShapeDtypeStruct`s with `.sharding` (see
-    `abstract_with_shardings`). The data iterator, if given, is moved to the
-    saved position in place. Raises CorruptCheckpointError (the step is
-    damaged) or CheckpointMismatchError (the step is for another model).
-    """
+    """The state of step `step` (into `abstract_with_shardings` structs), checked
+    against its `meta`; the data iterator, if given, moved to the saved position.
+    Raises CorruptCheckpointError (damage) or CheckpointMismatchError (another model)."""
     meta = self.read_meta(step)
     self._check_structure(step, meta, abstract_state)
     data_dir = os.path.join(self.step_path(step), "data")
@@ -373,9 +338,10 @@ class Checkpointer:
   def _move_aside(self, src: str, name: str) -> str:
     """Renames `src` to `corrupt/<name>[.n]` (same filesystem: atomic)."""
     base = dst = os.path.join(self.directory, CORRUPT_DIR, name)
-    n = 1
-    while os.path.exists(dst):
-      dst, n = f"{base}.{n}", n + 1
+    for n in range(1, 1 << 20):
+      if not os.path.exists(dst):
+        break
+      dst = f"{base}.{n}"
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     os.rename(src, dst)
     return dst

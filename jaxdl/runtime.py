@@ -25,8 +25,10 @@ import ctypes.util
 import dataclasses
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import pkgutil
+import sys
 
 # XLA:CPU runs the collectives of N simulated devices on threads that meet at a
 # rendezvous and aborts the process when one is late past a termination timeout.
@@ -254,12 +256,37 @@ class Setup:
   compilation_cache: str | None
 
 
+class _DropReraisedOrbaxErrors(logging.Filter):
+  """orbax logs a traceback for a failed async save and then re-raises it to us;
+  jaxdl reports it as one line, so the logged copy is dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.exc_info and
+                f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def quiet_checkpoint_echoes() -> None:
+  """Process setup for checkpoint errors (jaxdl.checkpoint reports each as one
+  line): drops orbax's logged copy of an error it re-raises, and the "Event
+  loop is closed" echoes of a failed tensorstore op's siblings."""
+  absl_log, previous = logging.getLogger("absl"), sys.unraisablehook
+  if not any(isinstance(f, _DropReraisedOrbaxErrors) for f in absl_log.filters):
+    absl_log.addFilter(_DropReraisedOrbaxErrors())
+  if not getattr(previous, "jaxdl_quiet", False):
+    def hook(args):
+      if not (args.exc_type is RuntimeError and str(args.exc_value) == "Event loop is closed"):
+        previous(args)
+    hook.jaxdl_quiet = True
+    sys.unraisablehook = hook
+
+
 def setup(*, coordinator_address: str | None = None, num_processes: int | None = None,
           process_id: int | None = None, num_cpu_devices: int | None = None,
           compilation_cache: str | None = "", tune_cpu: bool = True) -> Setup:
   """The program's process setup (module docstring); call it before any jax
   computation. `tune_cpu=False` leaves jax's CPU defaults."""
   import jax  # pylint: disable=g-import-not-at-top
+  quiet_checkpoint_echoes()
   on_cpu = runs_on_cpu()
   tuned = False
   if on_cpu:

@@ -293,7 +293,7 @@ def jax_case(b: Bench, mesh) -> tuple[Case, dict]:
   rng = np.random.default_rng(0)
   task = build_task(b.config(), b.info, 1000)
   host_batch = b.batch(b.batch_size, rng)
-  engine = Engine(task, mesh, host_batch)
+  engine = Engine(task, mesh, host_batch, total_steps=1000)
   state = engine.init_state(0)
   batch = parallel.global_batch(host_batch, mesh)
   jax.block_until_ready(state)
@@ -385,7 +385,7 @@ def pipeline_cases(mesh, mnist_dir: str, label: str, config, batch_size: int,
                                num_batches=10**6, num_threads=num_threads,
                                batches_per_transfer=batches_per_transfer)
   first = next(it)
-  engine = Engine(task, mesh, first)
+  engine = Engine(task, mesh, first, total_steps=10**6)
   state = {"s": engine.init_state(0)}
   resident = [parallel.global_batch(next(it), mesh) for _ in range(16)]
   compiled = engine.train_step.lower(state["s"], resident[0]).compile()
@@ -466,7 +466,8 @@ def experiment_compile_times(mesh) -> list[tuple[str, float, float]]:
       batch = _images(shape, classes)(n, rng)
     total = config.num_steps or config.num_epochs * (n_train // n)
     task = build_task(config, info, total)
-    engine = Engine(task, mesh, batch)
+    engine = Engine(task, mesh, batch, total_steps=total, dtype=config.dtype,
+                    grad_accum_steps=config.grad_accum_steps)
     state = engine.init_state(0)
     gbatch = parallel.global_batch(batch, mesh)
     jax.block_until_ready(state)

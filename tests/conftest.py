@@ -8,6 +8,7 @@ import jax
 from jaxdl import runtime
 
 runtime.patient_cpu_collectives()  # in-process tests and every subprocess they start
+runtime.quiet_checkpoint_echoes()
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_platforms", "cpu")
 

@@ -107,7 +107,8 @@ def test_vae_elbo_improves_and_kl_is_positive(mnist, tmp_path):
 def test_vae_in_the_sharded_engine(mnist):
   """The 'latent' rng stream and the eval sums under a batch sharded over 4 devices."""
   x, xt, info = mnist
-  cfg = ml_collections.ConfigDict({"task": "vae", "model": {"name": "vae", "kwargs": {
+  cfg = ml_collections.ConfigDict({"task": "vae", "optimizer": {"name": "adam", "learning_rate": 1e-3},
+                                   "model": {"name": "vae", "kwargs": {
       "hidden": (64,), "latent_dim": 8}}})
   task = tasks.build_task(cfg, info, total_steps=3)
   mesh = parallel.make_mesh()
@@ -132,8 +133,8 @@ def test_vae_uses_the_latent_rng_and_kl_formula():
   det2, _ = model.apply(variables, x)
   np.testing.assert_array_equal(det1["latent"], det1["mean"])  # no rng: z = mean
   np.testing.assert_array_equal(det1["recon_logits"], det2["recon_logits"])
-  s1, _ = model.apply(variables, x, train=True, rngs={"latent": jax.random.PRNGKey(1)})
-  s2, _ = model.apply(variables, x, train=True, rngs={"latent": jax.random.PRNGKey(2)})
+  s1, _ = model.apply(variables, x, train=True, rngs=models.make_rngs(model, jax.random.PRNGKey(1)))
+  s2, _ = model.apply(variables, x, train=True, rngs=models.make_rngs(model, jax.random.PRNGKey(2)))
   assert not np.allclose(s1["latent"], s2["latent"])
   mean, logvar = np.array([[0.5, -1.0]]), np.array([[0.2, -0.3]])
   ref = 0.5 * np.sum(np.exp(logvar) + mean ** 2 - 1 - logvar)
@@ -143,7 +144,7 @@ def test_vae_uses_the_latent_rng_and_kl_formula():
 
 def test_gaussian_vae_loss_is_the_gaussian_negative_log_likelihood_plus_kl():
   info = {"input_shape": (4, 4, 1), "num_classes": 10}
-  cfg = ml_collections.ConfigDict({
+  cfg = ml_collections.ConfigDict({"optimizer": {"name": "adam", "learning_rate": 1e-3},
       "task": "vae", "ae": {"gaussian_var": 0.5},
       "model": {"name": "vae", "kwargs": {"hidden": (8,), "latent_dim": 2,
                                          "likelihood": "gaussian"}}})
@@ -153,7 +154,7 @@ def test_gaussian_vae_loss_is_the_gaussian_negative_log_likelihood_plus_kl():
   m = _eval(task, state, x)
   # The eval key is fixed; the task splits it into (dropout, latent) streams.
   latent_key = jax.random.split(jax.random.PRNGKey(task.sample_seed + 1))[1]
-  out, _ = task.model.apply({"params": state.params}, jnp.asarray(x), rngs={"latent": latent_key})
+  out, _ = task.model.apply({"params": state.params}, jnp.asarray(x), rngs={"dropout": latent_key, "latent": latent_key})
   mu = np.asarray(out["recon_mean"])
   assert 0 <= mu.min() and mu.max() <= 1
   nll = 0.5 * np.sum((mu - x) ** 2, (1, 2, 3)) / 0.5 + 0.5 * 16 * np.log(2 * np.pi * 0.5)

@@ -155,7 +155,7 @@ def test_gradient_accumulation_equals_the_large_batch():
     c.optimizer.learning_rate = 1e-2
     task = ClassificationTask(c, {"num_classes": 10})
     mesh = parallel.make_mesh()
-    engine = Engine(task, mesh, batch)
+    engine = Engine(task, mesh, batch, grad_accum_steps=k)  # the engine's, for every task
     state = engine.init_state(0)
     for _ in range(3):
       state, m = engine.train_step(state, parallel.global_batch(batch, mesh))

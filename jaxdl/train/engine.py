@@ -58,6 +58,10 @@ def _cast_like(tree, like):
                       tree, like)
 
 
+class NonFiniteError(FloatingPointError):
+  """A loss, gradient or parameter went NaN/Inf with `config.nonfinite='stop'`."""
+
+
 class StepContext:
   """What a task's `train_update` gets from the engine (inside the jit)."""
 
@@ -244,3 +248,36 @@ class Engine:
     count = float(total.pop("count"))
     return self.task.finalize_eval(
         {k: float(v) / max(count, 1.0) for k, v in total.items()})
+
+
+class Health:
+  """Reads `state.health` on the host: stops the run ('stop') or reports the
+  skipped updates ('skip')."""
+
+  def __init__(self, mode: str, names: list[str], bad_steps: int):
+    self.mode, self.names, self.bad_steps = mode, names, bad_steps
+
+  def check(self, step: int, h: dict[str, int], host: dict, progress, ckpt) -> None:
+    before, self.bad_steps = self.bad_steps, h["bad_steps"]
+    if self.mode == "skip":
+      host["skipped_steps"] = float(self.bad_steps)
+      if self.bad_steps > before:
+        progress.write(f"warning: skipped {self.bad_steps - before} update(s) with "
+                       f"non-finite values up to step {step} ({self.bad_steps} in all)")
+      return
+    if not h["first_bad_step"]:
+      return
+    what = [n for i, n in enumerate(self.names) if h["first_bad_what"] >> i & 1]
+    try:
+      ckpt.wait()
+    except Exception:  # pylint: disable=broad-except
+      pass  # reported below as "latest committed"
+    latest = ckpt.latest_step()
+    good = (f"step {latest} in {ckpt.directory}" if latest is not None
+            else "none yet (the run would start over)")
+    raise NonFiniteError(
+        f"non-finite {' and '.join(what) or 'values'} at step {h['first_bad_step']} "
+        f"(config.nonfinite='stop'); nothing after it was saved; last good checkpoint: "
+        f"{good}; relaunch to resume from it (e.g. with a lower "
+        f"--config.optimizer.learning_rate), or pass --config.nonfinite=skip to drop "
+        f"such updates")

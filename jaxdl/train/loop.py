@@ -16,6 +16,7 @@ checkpoints/<step>/{state,data,meta}, checkpoints/corrupt/<step>.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,16 +33,21 @@ from jaxdl.lock import WorkdirError, prepare_workdir  # noqa: F401 (part of this
 from jaxdl import logging as jlog
 from jaxdl.data import DataError, load_dataset, pipeline, unit_images
 from jaxdl.ops import platform
-from jaxdl.train.engine import Engine
+from jaxdl.train.engine import Engine, Health, NonFiniteError  # noqa: F401 (part of this API)
 from jaxdl.train.registry import build_task
 
 
-class NonFiniteError(FloatingPointError):
-  """A loss, gradient or parameter went NaN/Inf with `config.nonfinite='stop'`."""
-
-
-def _first_line(e: BaseException) -> str:
-  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+@contextlib.contextmanager
+def _bad_value(what: str):
+  """A TypeError/ValueError of a task or model constructor (or of the model's
+  init, traced when the engine is built) is a bad config value, not a crash."""
+  try:
+    yield
+  except (TypeError, ValueError) as e:
+    if isinstance(e, (configs.ConfigError, DataError)):
+      raise
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise configs.ConfigError(f"{what} ({type(e).__name__}: {first})") from e
 
 
 class Run:
@@ -62,14 +68,8 @@ class Run:
           f"training examples; pass --config.batch_size={max(1, len(self.train_source) // 2)}")
     self.num_steps = config.num_steps or config.num_epochs * self.steps_per_epoch
     task_name = config.get("task", "classification")
-    try:
+    with _bad_value(f"task {task_name!r} rejects its settings; check its --config.* settings"):
       self.task = build_task(config, self.info, self.num_steps)
-    except (TypeError, ValueError) as e:
-      if isinstance(e, (configs.ConfigError, DataError)):
-        raise
-      # A task constructor rejecting its settings is a bad value, not a crash.
-      raise configs.ConfigError(f"task {task_name!r}: {_first_line(e).split(': ', 1)[1]}; "
-                                "check its --config.* settings") from e
     if self.task.wants_reference_images:
       train, test = unit_images(self.train_source), unit_images(self.test_source)
       if train is not None and test is not None:
@@ -85,21 +85,14 @@ class Run:
     local = self.batches(0)
     example = {k: np.zeros((v.shape[0] * self.pcount,) + v.shape[1:], v.dtype)
                for k, v in local.items()}
-    try:
+    what = (f"cannot build model {config.model.name!r} from model.kwargs="
+            f"{dict(config.model.kwargs)}; check the --config.model.kwargs.* values"
+            if task_name == "classification" else
+            f"cannot build the models of task {task_name!r}; check their --config.* settings")
+    with _bad_value(what):
       self.engine = Engine(self.task, self.mesh, example, total_steps=self.num_steps,
                            dtype=config.dtype, grad_accum_steps=config.grad_accum_steps,
                            nonfinite=config.nonfinite)
-    except (TypeError, ValueError) as e:
-      if isinstance(e, (configs.ConfigError, DataError)):
-        raise
-      # Model init is traced here: a wrongly typed model.kwargs value fails now.
-      if task_name != "classification":
-        raise configs.ConfigError(f"cannot build the models of task {task_name!r} "
-                                  f"({_first_line(e)}); check their --config.* settings") from e
-      raise configs.ConfigError(
-          f"cannot build model {config.model.name!r} from model.kwargs="
-          f"{dict(config.model.kwargs)} ({_first_line(e)}); "
-          "check the --config.model.kwargs.* values") from e
     self.checkpointer = checkpoint.Checkpointer(
         os.path.join(self.workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
         best_metric=self.task.best_metric, best_mode=self.task.best_mode,
@@ -195,7 +188,7 @@ def _train(run: Run, stream):
   else:
     table, _ = model_summary.write_model_summary(run.workdir, run.task, run.batches(0))
     progress.write(table)
-  health = _Health(cfg.nonfinite, engine.guard_names(), int(state.health["bad_steps"]))
+  health = Health(cfg.nonfinite, engine.guard_names(), int(state.health["bad_steps"]))
   t_first, pending, eval_metrics = None, None, {}
   t_train = time.perf_counter()
 
@@ -271,39 +264,6 @@ def _train(run: Run, stream):
   }
   jlog.write_json(os.path.join(run.workdir, "summary.json"), summary)
   return summary, run, state
-
-
-class _Health:
-  """Reads `state.health` on the host: stops the run ('stop') or reports the
-  skipped updates ('skip')."""
-
-  def __init__(self, mode: str, names: list[str], bad_steps: int):
-    self.mode, self.names, self.bad_steps = mode, names, bad_steps
-
-  def check(self, step: int, h: dict[str, int], host: dict, progress, ckpt) -> None:
-    before, self.bad_steps = self.bad_steps, h["bad_steps"]
-    if self.mode == "skip":
-      host["skipped_steps"] = float(self.bad_steps)
-      if self.bad_steps > before:
-        progress.write(f"warning: skipped {self.bad_steps - before} update(s) with "
-                       f"non-finite values up to step {step} ({self.bad_steps} in all)")
-      return
-    if not h["first_bad_step"]:
-      return
-    what = [n for i, n in enumerate(self.names) if h["first_bad_what"] >> i & 1]
-    try:
-      ckpt.wait()
-    except checkpoint.CheckpointError:
-      pass  # reported below as "latest committed"
-    latest = ckpt.latest_step()
-    good = (f"step {latest} in {ckpt.directory}" if latest is not None
-            else "none yet (the run would start over)")
-    raise NonFiniteError(
-        f"non-finite {' and '.join(what) or 'values'} at step {h['first_bad_step']} "
-        f"(config.nonfinite='stop'); nothing after it was saved; last good checkpoint: "
-        f"{good}; relaunch to resume from it (e.g. with a lower "
-        f"--config.optimizer.learning_rate), or pass --config.nonfinite=skip to drop "
-        f"such updates")
 
 
 def _finished_summary(workdir: str, state) -> dict[str, Any] | None:

@@ -79,14 +79,14 @@ def section(config: Any, name: str, defaults: ml_collections.ConfigDict
   """`defaults` (a task's config section at its defaults, the one place they
   are written) updated with `config[name]`; a field the defaults lack is a
   ConfigError naming it."""
-  out = ml_collections.ConfigDict(defaults.to_dict())
+  out = defaults.to_dict()
   given = config.get(name, None) if hasattr(config, "get") else None
   for k, v in (given.items() if given is not None else ()):
     if k not in out:
       raise ConfigError(f"{name}.{k}: no such field (the {name} section has "
                         f"{', '.join(sorted(out))}); check --config.{name}.*")
     out[k] = v.to_dict() if hasattr(v, "to_dict") else v
-  return out
+  return ml_collections.ConfigDict(out)
 
 
 class Task:
@@ -103,7 +103,7 @@ class Task:
 
   def param_groups(self) -> dict[str, ParamGroup]:
     """{group: ParamGroup}; one group over all params by default."""
-    return {"all": ParamGroup(self.config.optimizer)}
+    return {"all": ParamGroup(self.config.optimizer)}  # base_config() always has one
 
   def init(self, key: jax.Array, batch: Batch) -> tuple[Any, Any]:
     raise NotImplementedError
