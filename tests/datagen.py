@@ -70,3 +70,32 @@ def write_imdb_archive(path, n_per=6, seed=0):
       name, content = members[j]
       _add(tar, name, content.encode())
   return members, hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "digits": (8, 8, 1),
+                "cifar10": (32, 32, 3), "image_folder": (32, 32, 3)}
+
+
+def synthetic_dataset(config, n=64, n_test=None, vocab=None, maxlen=None, pad_every=0):
+  """(train, test, info) of random uint8 images or token ids shaped like
+  `config.dataset` (text: `vocab`/`maxlen` or the config's; every
+  `pad_every`-th row padded after 10 tokens)."""
+  from jaxdl.data.sources import ArraySource  # pylint: disable=g-import-not-at-top
+  from jaxdl.data.text import TextArraySource  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  m = n if n_test is None else n_test
+  if config.dataset in IMAGE_SHAPES:
+    shape = IMAGE_SHAPES[config.dataset]
+    x = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
+    y = (np.arange(n) % 10).astype(np.int32)
+    info = {"num_classes": 10, "input_shape": shape, "name": config.dataset,
+            "class_names": [str(i) for i in range(10)]}
+    return ArraySource(x, y), ArraySource(x[:m], y[:m]), info
+  vocab = vocab or config.get("num_words", 10000)
+  maxlen = maxlen or config.get("maxlen", 100)
+  x = rng.integers(1, vocab, (n, maxlen), dtype=np.int32)
+  if pad_every:
+    x[::pad_every, 10:] = 0
+  y = (np.arange(n) % 2).astype(np.int32)
+  info = {"num_classes": 2, "vocab_size": vocab, "maxlen": maxlen}
+  return TextArraySource(x, y), TextArraySource(x[:m], y[:m]), info

@@ -154,11 +154,12 @@ def test_gaussian_vae_loss_is_the_gaussian_negative_log_likelihood_plus_kl():
   m = _eval(task, state, x)
   # The eval key is fixed; the task splits it into (dropout, latent) streams.
   latent_key = jax.random.split(jax.random.PRNGKey(task.sample_seed + 1))[1]
-  out, _ = task.model.apply({"params": state.params}, jnp.asarray(x), rngs={"dropout": latent_key, "latent": latent_key})
+  out, _ = task.model.apply({"params": state.params}, jnp.asarray(x), rngs=models.make_rngs(task.model, jax.random.PRNGKey(task.sample_seed + 1)))
   mu = np.asarray(out["recon_mean"])
   assert 0 <= mu.min() and mu.max() <= 1
   nll = 0.5 * np.sum((mu - x) ** 2, (1, 2, 3)) / 0.5 + 0.5 * 16 * np.log(2 * np.pi * 0.5)
   np.testing.assert_allclose(m["recon_loss"], nll.mean(), rtol=1e-5)
   assert m["kl"] > 0
-  state2, metrics = jax.jit(task.train_update)(state, {"inputs": x}, jax.random.PRNGKey(0))
+  state2, step = task_steps(task, {"inputs": x})  # one engine step of the same task
+  state2, metrics = step(state2, x)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["kl"]) >= 0

@@ -26,31 +26,13 @@ import numpy as np
 import pytest
 
 from conftest import set_field
+from datagen import synthetic_dataset
 from jaxdl import models
-from jaxdl.data.sources import ArraySource
-from jaxdl.data.text import TextArraySource
 from jaxdl.ops import platform
 from jaxdl.train import loop
 
-IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "digits": (8, 8, 1),
-                "cifar10": (32, 32, 3), "image_folder": (32, 32, 3)}
-
-
 def _synthetic_dataset(config, n=64):
-  """(train, test, info) of zeros/small ints shaped like `config.dataset`."""
-  rng = np.random.default_rng(0)
-  if config.dataset in IMAGE_SHAPES:
-    shape = IMAGE_SHAPES[config.dataset]
-    x = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
-    y = (np.arange(n) % 10).astype(np.int32)
-    info = {"num_classes": 10, "input_shape": shape, "name": config.dataset,
-            "class_names": [str(i) for i in range(10)]}
-    return ArraySource(x, y), ArraySource(x, y), info
-  vocab, maxlen = config.get("num_words", 10000), config.get("maxlen", 100)
-  x = rng.integers(1, vocab, (n, maxlen), dtype=np.int32)
-  y = (np.arange(n) % 2).astype(np.int32)
-  info = {"num_classes": 2, "vocab_size": vocab, "maxlen": maxlen}
-  return TextArraySource(x, y), TextArraySource(x, y), info
+  return synthetic_dataset(config, n)
 
 
 def _experiment_config(name, **overrides):

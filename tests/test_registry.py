@@ -15,29 +15,13 @@ import numpy as np
 import pytest
 
 from conftest import set_field
+from datagen import synthetic_dataset
 from jaxdl import models, parallel
-from jaxdl.data.sources import ArraySource
-from jaxdl.data.text import TextArraySource
 from jaxdl.train import loop
 
-IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-
-
-def _dataset(config, n=128):
-  rng = np.random.default_rng(0)
-  if config.dataset in IMAGE_SHAPES:
-    shape = IMAGE_SHAPES[config.dataset]
-    x = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
-    y = (np.arange(n) % 10).astype(np.int32)
-    info = {"num_classes": 10, "input_shape": shape, "name": config.dataset,
-            "class_names": [str(i) for i in range(10)]}
-    return ArraySource(x, y), ArraySource(x[:32], y[:32]), info
-  vocab, maxlen = 50, 16
-  x = rng.integers(1, vocab, (n, maxlen), dtype=np.int32)
-  x[::3, 10:] = 0  # padded rows: the language model's token weights differ
-  y = (np.arange(n) % 2).astype(np.int32)
-  info = {"num_classes": 2, "vocab_size": vocab, "maxlen": maxlen}
-  return TextArraySource(x, y), TextArraySource(x[:32], y[:32]), info
+def _dataset(config):
+  # padded rows: the language model's micro-batches weigh differently
+  return synthetic_dataset(config, 128, n_test=32, vocab=50, maxlen=16, pad_every=3)
 
 
 def _config(model_name, **overrides):

@@ -61,6 +61,7 @@ class AutoencoderTask(Task):
   best_metric = "loss"
   best_mode = "min"
   default_model = "dense_autoencoder"
+  wants_reference_images = True  # the reconstruction grid's originals
 
   def __init__(self, config: Any, info: dict, total_steps: int = 0):
     self.config, self.info = config, info
@@ -184,8 +185,6 @@ class AutoencoderTask(Task):
 
   def set_reference_data(self, train_images, train_labels, test_images) -> None:
     self.set_reference_images(test_images[:self.num_images])
-
-  wants_reference_images = True
 
   def on_evaluate(self, state, workdir, step):
     """reference_mse, and the grids 'recon' (rows of originals above their

@@ -200,9 +200,9 @@ class Engine:
     self.eval_step = jax.jit(eval_step, out_shardings=self.replicated)
 
   def init_opt_state(self, params):
-    if list(self.groups) == ["all"] or (len(self.groups) == 1 and
-                                        next(iter(self.groups.values())).key is None):
-      (name,) = self.groups
+    """One group over all params: its optimizer state; else {group: state}."""
+    (name, group), *others = self.groups.items()
+    if not others and group.key is None:
       return self.optimizers[name][0].init(params)
     return {name: self.optimizers[name][0].init(params if g.key is None else params[g.key])
             for name, g in self.groups.items()}

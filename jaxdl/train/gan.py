@@ -122,11 +122,12 @@ class GANTask(Task):
     kd, kg = jax.random.split(key)
     batch = dict(batch, z_d=self.noise(kd, n), z_g=self.noise(kg, n))
     gp, dp = state.params["generator"], state.params["discriminator"]
+    gp_compute = ctx.compute(gp)  # the other network, cast once (not per micro-batch)
 
     # Discriminator: minimise -log D(x) - log(1 - D(G(z))).
     def d_loss_fn(dp, ms, b, _):
       x = b["inputs"] * 2.0 - 1.0
-      fake, gs = self._g(ctx.compute(gp), ms["generator"], b["z_d"], True)
+      fake, gs = self._g(gp_compute, ms["generator"], b["z_d"], True)
       fake = jax.lax.stop_gradient(fake).astype(x.dtype)
       real_logits, ds = self._d(dp, ms["discriminator"], x, True)
       fake_logits, ds = self._d(dp, ds, fake, True)
@@ -140,9 +141,11 @@ class GANTask(Task):
                                    state.opt_state["discriminator"])
 
     # Generator (non-saturating): minimise -log D(G(z)) against the new D.
+    dp_compute = ctx.compute(dp)
+
     def g_loss_fn(gp, ms, b, _):
       fake, gs = self._g(gp, ms["generator"], b["z_g"], True)
-      logits, _ = self._d(ctx.compute(dp), ms["discriminator"], fake, True)
+      logits, _ = self._d(dp_compute, ms["discriminator"], fake, True)
       return jnp.mean(jax.nn.softplus(-logits)), (
           {"generator": gs, "discriminator": ms["discriminator"]},
           {"d_fake_after": jnp.mean(jax.nn.sigmoid(logits))})

@@ -258,12 +258,14 @@ class DBNTask(Task):
               "accuracy": jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32)),
               "recon_error": jnp.mean(rbm_lib.reconstruction_error(params["rbm_0"], v0))}
 
+    params_compute = ctx.compute(state.params)  # the frozen layers below, cast once
+
     def pretrain(k):
       name = f"rbm_{k}"
 
       def grad_fn(p, ms, b, key):
         kb, kg = jax.random.split(key)
-        params = {**ctx.compute(state.params), name: p}
+        params = {**params_compute, name: p}
         v = self._propagate(params, binarize(b["inputs"], self.binarize, kb), k)
         grads, _ = rbm_lib.cd_gradients(p, v, kg, self.k)
         return grads, ms, {"layer_recon_error": jnp.mean(rbm_lib.reconstruction_error(p, v))}
