@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxdl import models, parallel
+from jaxdl.configs import base_config
 from jaxdl.train.engine import Engine
 from jaxdl.train.rbm import DBNTask
 
@@ -50,8 +51,9 @@ def test_rbm_params_drop_into_the_classifier():
 
 def test_schedule_switches_phase_by_step(mnist):
   x, y, _, _, info = mnist
-  cfg = ml_collections.ConfigDict({"model": {"kwargs": {"hidden": (32, 16)}},
-                                   "dbn": {"pretrain_steps": (3, 2)}})
+  cfg = base_config()
+  cfg.model.kwargs = ml_collections.ConfigDict({"hidden": (32, 16)})
+  cfg.dbn = ml_collections.ConfigDict({"pretrain_steps": (3, 2)})
   task = DBNTask(cfg, info, total_steps=8)
   assert [int(task.phase(jnp.int32(s))) for s in range(8)] == [0, 0, 0, 1, 1, 2, 2, 2]
   mesh = parallel.make_mesh()

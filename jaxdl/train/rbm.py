@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from jaxdl import images, models, parallel
+from jaxdl.configs import ConfigError
 from jaxdl.models import rbm as rbm_lib
 from jaxdl.train.task import ParamGroup, Task, section
 
@@ -217,8 +218,10 @@ class DBNTask(Task):
     self.finetune_optimizer = config.optimizer
     self.finetune_steps = max(total_steps - int(self.boundaries[-1]), 0)
     if total_steps and total_steps <= int(self.boundaries[-1]):
-      raise ValueError(f"total steps {total_steps} leave no fine-tuning after "
-                       f"{int(self.boundaries[-1])} pretraining steps")
+      raise ConfigError(
+          f"task 'dbn': total steps {total_steps} leave no fine-tuning after "
+          f"{int(self.boundaries[-1])} pretraining steps; pass a larger --config.num_steps "
+          "or --config.num_epochs, or smaller --config.dbn.pretrain_steps")
 
   def param_groups(self):
     groups = {f"rbm_{i}": ParamGroup(self.pretrain_optimizer, key=f"rbm_{i}", total_steps=0)
