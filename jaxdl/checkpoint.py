@@ -27,11 +27,10 @@ from typing import Any, Callable
 
 import grain
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from jaxdl.checksum import describe_state, leaf_name
 from jaxdl.parallel import agree
 
 META_FORMAT = 2
@@ -61,36 +60,6 @@ def short_error(e: BaseException) -> str:
     return os.strerror(e.errno)
   msg, m = " ".join(str(e).split()), re.search(r"os_error_code=\W?(\d+)", str(e))
   return os.strerror(int(m.group(1))) if m else (msg[:240] or type(e).__name__)
-
-
-def _leaf_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                  for k in path)
-
-
-@jax.jit
-def _fingerprints(leaves: list[jax.Array]) -> jax.Array:
-  """[n_leaves, 3] uint32: sum and odd-position-weighted sum of each leaf's
-  32-bit words (narrower types widened, 64-bit split), and 1 if it is finite."""
-  rows = []
-  for x in leaves:
-    raw = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
-    w = jax.lax.bitcast_convert_type(raw, {1: jnp.uint8, 2: jnp.uint16}.get(
-        raw.dtype.itemsize, jnp.uint32)).astype(jnp.uint32).reshape(-1)
-    odd = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else True
-    rows.append(jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * odd, dtype=jnp.uint32),
-                           jnp.asarray(finite, jnp.uint32)]))
-  return jnp.stack(rows) if rows else jnp.zeros((0, 3), jnp.uint32)
-
-
-def describe_state(state: Any) -> dict[str, dict[str, Any]]:
-  """{leaf path: {shape, dtype, checksum: [sum, weighted], finite}}, tree order."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(state)
-  prints = np.asarray(jax.device_get(_fingerprints([x for _, x in flat])))
-  return {_leaf_name(p): {"shape": list(np.shape(x)), "dtype": str(x.dtype),
-                          "checksum": [int(r[0]), int(r[1])], "finite": bool(r[2])}
-          for (p, x), r in zip(flat, prints)}
 
 
 def _data_state(data_iterator: Any) -> Any:
@@ -319,7 +288,7 @@ class Checkpointer:
     return state
 
   def _check_structure(self, step: int, meta: dict, abstract_state: Any) -> None:
-    want = {_leaf_name(p): (list(x.shape), str(x.dtype))
+    want = {leaf_name(p): (list(x.shape), str(x.dtype))
             for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     have = {n: (list(v.get("shape", [])), v.get("dtype")) for n, v in meta["leaves"].items()}
     if want == have:

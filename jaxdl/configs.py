@@ -9,6 +9,30 @@ class ConfigError(ValueError):
   """A config value is out of range; the message names it and the fix."""
 
 
+# The hyperparameters that belong to one optimizer or another. A config leaves
+# them None, meaning that optimizer's own default (torch.optim's values, in
+# `jaxdl.train.optim.HYPERPARAMS`, the one place they are written).
+OPTIMIZER_HYPERPARAMS = ("momentum", "b1", "b2", "eps", "decay", "weight_decay",
+                         "initial_accumulator_value")
+
+
+def optimizer_config(**values) -> ml_collections.ConfigDict:
+  """An `optimizer` section: every field (see `jaxdl.train.optim.make_optimizer`),
+  the optimizer-specific ones None (typed float, so --config flags set them)."""
+  c = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0,
+      decay_steps=0, step_boundaries=(0.5, 0.75), step_factor=0.1, final_fraction=0.0,
+      l1=0.0, l2=0.0, grad_clip_norm=0.0))
+  for k in OPTIMIZER_HYPERPARAMS:
+    c[k] = ml_collections.FieldReference(None, field_type=float)
+  for k, v in values.items():
+    if k not in c:
+      raise ConfigError(f"optimizer.{k}: no such field (an optimizer section has "
+                        f"{', '.join(sorted(c))})")
+    c[k] = v
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "classification"
@@ -22,12 +46,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.cache_dir = ""
   c.image_size = ()
   c.color_mode = ""
+  # Text datasets (imdb, text_folder): the vocabulary's most frequent num_words,
+  # maxlen words per text, 'post' keeps each text's beginning, 'pre' its end
+  # (Keras' pad_sequences); imdb_source 'archive', 'folder' or 'tfds'.
+  c.num_words = 10000
+  c.maxlen = 100
+  c.truncating = "post"
+  c.imdb_source = "archive"
   c.model = ml_collections.ConfigDict({"name": "mlp", "kwargs": ml_collections.ConfigDict()})
   c.loss = "softmax_cross_entropy"
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0,
-      decay_steps=0, momentum=0.9, weight_decay=0.0, l1=0.0, l2=0.0,
-      grad_clip_norm=0.0))
+  c.optimizer = optimizer_config()
   c.batch_size = 128          # global, over all devices and processes
   c.eval_batch_size = 0       # 0: batch_size
   c.num_steps = 0             # 0: num_epochs * steps per epoch
@@ -49,6 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.nonfinite = "stop"        # NaN/Inf loss or grads: 'stop' the run, or 'skip' the update
   return c
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (a run's config.json) over `base_config()`: a field that an
+  older jaxdl did not write takes today's default."""
+  def merge(base, new):
+    for k, v in new.items():
+      base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(
+          base.get(k), dict) else v
+    return base
+  return ml_collections.ConfigDict(merge(base_config().to_dict(), saved))
 
 
 def _positive(config, field, allow_zero=False):
@@ -79,7 +118,7 @@ def validate(config, num_devices: int = 1) -> None:
   _positive(config, "grad_accum_steps")
   if "batches_per_transfer" in config and config.batches_per_transfer != "auto":
     _positive(config, "batches_per_transfer")
-  k = config.get("grad_accum_steps", 1)
+  k = config.grad_accum_steps
   if config.batch_size % (k * num_devices):
     raise ConfigError(f"batch_size={config.batch_size} must split into grad_accum_steps={k} "
                       f"micro-batches over {num_devices} devices; pass --config.batch_size="
@@ -88,21 +127,21 @@ def validate(config, num_devices: int = 1) -> None:
   if not isinstance(lr, (int, float)) or lr < 0:
     raise ConfigError(f"optimizer.learning_rate={lr!r} must be a non-negative number; "
                       "pass e.g. --config.optimizer.learning_rate=0.001")
-  if config.get("nonfinite", "stop") not in ("stop", "skip"):
+  if config.nonfinite not in ("stop", "skip"):
     raise ConfigError(f"nonfinite={config.nonfinite!r}: choose 'stop' (end the run at "
                       "a NaN/Inf loss) or 'skip' (drop that update); pass "
                       "--config.nonfinite=stop")
-  size = config.get("image_size", ()) or ()
+  size = config.image_size or ()
   if size and not (len(size) == 2 and all(
       isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
     raise ConfigError(f"image_size={tuple(size)!r} must be H,W (two positive integers) or "
                       "() to keep the stored size; pass e.g. --config.image_size=32,32")
-  if config.get("color_mode", "") not in ("", "grayscale", "rgb"):
+  if config.color_mode not in ("", "grayscale", "rgb"):
     raise ConfigError(f"color_mode={config.color_mode!r}: choose '' (as stored), "
                       "'grayscale' or 'rgb' (--config.color_mode=...)")
-  if config.get("truncating", "post") not in ("pre", "post"):
+  if config.truncating not in ("pre", "post"):
     raise ConfigError(f"truncating={config.truncating!r}: choose 'post' (keep each "
                       "text's beginning) or 'pre' (its end) (--config.truncating=...)")
-  if config.get("dtype", "float32") not in ("float32", "bfloat16"):
+  if config.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"dtype={config.dtype!r}: choose float32 or bfloat16 "
                       "(--config.dtype=...)")

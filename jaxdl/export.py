@@ -65,7 +65,7 @@ def inference_fn(run, state):
   params, model_state = jax.device_get((state.params, state.model_state))
   task, info = run.task, run.info
   if "vocab_size" in info:
-    maxlen = int(info.get("maxlen") or run.config.get("maxlen", 100))
+    maxlen = int(info.get("maxlen") or run.config.maxlen)
     shape, dtype = (maxlen,), "int32"
     note = ("int32 token ids from the run's tokenizer (see 'tokenizer'): lowercase, <br /> "
             "-> space, Keras' punctuation filter, split on whitespace; word -> id "
@@ -100,7 +100,7 @@ def export_run(run, state, *, batch_size: int | None = None,
   import jax  # pylint: disable=g-import-not-at-top
   from jax import export  # pylint: disable=g-import-not-at-top
   if not classifies(run.task):
-    raise ToolError(f"task {run.config.get('task', 'classification')!r} does not classify; "
+    raise ToolError(f"task {run.config.task!r} does not classify; "
                     "export needs a classification run")
   fn, dtype, shape, note = inference_fn(run, state)
   jfn = jax.jit(fn)

@@ -37,7 +37,7 @@ class Predictor:
   def __init__(self, run, state, step: int):
     import jax  # pylint: disable=g-import-not-at-top
     if not classifies(run.task):
-      raise ToolError(f"task {run.config.get('task', 'classification')!r} with loss "
+      raise ToolError(f"task {run.config.task!r} with loss "
                       f"{run.config.get('loss')!r} does not classify; predict needs a "
                       "classification run")
     self.run, self.step, self.info = run, step, run.info
@@ -107,7 +107,7 @@ class Predictor:
 
   def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
     from jaxdl.data import text  # pylint: disable=g-import-not-at-top
-    maxlen = int(self.info.get("maxlen") or self.run.config.get("maxlen", 100))
+    maxlen = int(self.info.get("maxlen") or self.run.config.maxlen)
     return text.pad_sequences([self.tokenizer.encode(t) for t in texts], maxlen,
                               truncating=self.info.get("truncating", "post"))
 

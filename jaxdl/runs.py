@@ -14,8 +14,9 @@ import os
 
 import ml_collections
 
-from jaxdl import checkpoint
+from jaxdl import checkpoint, configs
 from jaxdl.ops import platform
+from jaxdl.train import optim
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -24,7 +25,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise checkpoint.CheckpointError(
         f"{path} not found: {workdir} is not a jaxdl run folder; pass --workdir=DIR of a run")
   with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(platform.platform_neutral(json.load(f)))
+    config = configs.with_defaults(platform.platform_neutral(json.load(f)))
+  opt = config.optimizer
+  if opt.momentum is not None and "momentum" not in optim.HYPERPARAMS.get(opt.name, {}):
+    # Written by a jaxdl whose base config set momentum=0.9 for every
+    # optimizer; this one never used it.
+    opt.momentum = None
+  return config
 
 
 def restore_state(workdir: str, which: str = "latest", mesh=None, config=None):

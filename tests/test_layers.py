@@ -13,9 +13,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Lowest first; a module may import from its own layer or a lower one.
 LAYERS = [
-    ("foundation", ("jaxdl", "jaxdl.configs", "jaxdl.parallel", "jaxdl.models", "jaxdl.ops",
-                    "jaxdl.images", "jaxdl.fid", "jaxdl.summary", "jaxdl.runtime",
-                    "jaxdl.data.errors")),
+    ("foundation", ("jaxdl", "jaxdl.configs", "jaxdl.parallel", "jaxdl.checksum",
+                    "jaxdl.models", "jaxdl.ops", "jaxdl.images", "jaxdl.fid", "jaxdl.summary",
+                    "jaxdl.runtime", "jaxdl.data.errors")),
     ("data", ("jaxdl.data",)),
     ("step", ("jaxdl.train",)),
     ("checkpoint and writers", ("jaxdl.checkpoint", "jaxdl.lock", "jaxdl.logging")),

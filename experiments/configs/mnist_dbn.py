@@ -4,6 +4,7 @@ the sigmoid hidden layers of an MLP classifier fine-tuned with backprop."""
 import ml_collections
 
 from jaxdl.configs import base_config
+from jaxdl.train.rbm import dbn_default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -19,8 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.num_epochs = 20                # 18740 steps: 2 x 2000 pretraining, the rest fine-tuning
   c.log_every = 200
-  c.dbn = ml_collections.ConfigDict(dict(
-      pretrain_steps=2000, cd_k=1, binarize="none",
-      pretrain_optimizer=ml_collections.ConfigDict(dict(
-          name="momentum", learning_rate=0.05, momentum=0.9))))
+  c.dbn = dbn_default_config()
+  c.dbn.pretrain_steps = 2000      # per RBM; momentum SGD 0.05 (dbn.pretrain_optimizer)
   return c

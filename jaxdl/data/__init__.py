@@ -16,25 +16,25 @@ TEXT_DATASETS = ("imdb", "text_folder")
 
 def image_options(config) -> dict:
   """`load_image_dataset`'s keyword arguments from the config's data fields."""
-  return {"tfds_name": config.get("tfds_name") or None,
-          "image_size": tuple(config.get("image_size") or ()) or None,
-          "color_mode": config.get("color_mode", ""),
-          "cache_dir": config.get("cache_dir", "")}
+  return {"tfds_name": config.tfds_name or None,
+          "image_size": tuple(config.image_size or ()) or None,
+          "color_mode": config.color_mode,
+          "cache_dir": config.cache_dir}
 
 
 def load_dataset(config, workdir: str):
   name = config.dataset
-  data_dir = config.get("data_dir", "")
+  data_dir = config.data_dir
   if name in IMAGE_DATASETS:
     from jaxdl.data import sources  # pylint: disable=g-import-not-at-top
     return sources.load_image_dataset(name, data_dir, **image_options(config))
   if name in TEXT_DATASETS:
     from jaxdl.data import text  # pylint: disable=g-import-not-at-top
-    kwargs = dict(num_words=config.get("num_words", 10000), maxlen=config.get("maxlen", 100),
-                  truncating=config.get("truncating", "post"))
+    kwargs = dict(num_words=config.num_words, maxlen=config.maxlen,
+                  truncating=config.truncating)
     if name == "text_folder":
       return text.load_text_folder(data_dir, workdir, **kwargs)
-    return text.load_imdb(data_dir, workdir, source=config.get("imdb_source", "archive"),
+    return text.load_imdb(data_dir, workdir, source=config.imdb_source,
                           **kwargs)
   raise DataError(f"unknown dataset {name!r}: choose one of "
                   f"{sorted(IMAGE_DATASETS + TEXT_DATASETS)} (--config.dataset=...)")

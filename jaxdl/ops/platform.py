@@ -142,7 +142,7 @@ def platform_neutral(tree: Any) -> Any:
   (configs before 'auto') exports plain CUDA/TPU code.
   """
   if isinstance(tree, dict):
-    return {k: (AUTO if IMPL_FIELDS.get(k) == v else platform_neutral(v))
+    return {k: (AUTO if k in IMPL_FIELDS and IMPL_FIELDS[k] == v else platform_neutral(v))
             for k, v in tree.items()}
   if isinstance(tree, list):
     return [platform_neutral(v) for v in tree]

@@ -9,8 +9,8 @@ Config fields (defaults in brackets):
   gan.latent_dim [100]            size of z ~ N(0, I)
   gan.generator ['dcgan_generator'], gan.generator_kwargs [{}]
   gan.discriminator ['dcgan_discriminator'], gan.discriminator_kwargs [{}]
-  gan.g_optimizer, gan.d_optimizer  optimizer configs (see jaxdl.train.optim);
-      each defaults to `config.optimizer` when that exists, else Adam(2e-4, b1=0.5)
+  gan.g_optimizer, gan.d_optimizer  optimizer sections (see jaxdl.train.optim)
+      [Adam(2e-4, b1=0.5) each]; `config.optimizer` is not used
   gan.sample_seed [0]             seed of the fixed noise for grids/eval
   gan.num_grid_samples [64]       8x8 grid `workdir/samples_{step:06d}.png`
   gan.fid [True]                  compute the Frechet distance in on_evaluate
@@ -35,22 +35,21 @@ import ml_collections
 import numpy as np
 
 from jaxdl import fid, images, models, parallel
+from jaxdl.configs import optimizer_config
 from jaxdl.train.task import ParamGroup, Task, section
 
-_DEFAULT_OPT = {"name": "adam", "learning_rate": 2e-4, "b1": 0.5}
 
 
 def default_config() -> ml_collections.ConfigDict:
   """The `gan` section with every field at its default, for experiment configs
-  (so `--config.gan.*` flags can override them). The optimizers are set to the
-  DCGAN values here rather than falling back to `config.optimizer`."""
+  (so `--config.gan.*` flags can override them); the optimizers are DCGAN's."""
   return ml_collections.ConfigDict(dict(
       latent_dim=100, generator="dcgan_generator",
       generator_kwargs=ml_collections.ConfigDict(),
       discriminator="dcgan_discriminator",
       discriminator_kwargs=ml_collections.ConfigDict(),
-      g_optimizer=ml_collections.ConfigDict(_DEFAULT_OPT),
-      d_optimizer=ml_collections.ConfigDict(_DEFAULT_OPT),
+      g_optimizer=optimizer_config(name="adam", learning_rate=2e-4, b1=0.5),
+      d_optimizer=optimizer_config(name="adam", learning_rate=2e-4, b1=0.5),
       sample_seed=0, num_grid_samples=64, fid=True, fid_num_samples=5000,
       fid_reference_size=10000, fid_classifier_path="", fid_classifier_steps=500))
 

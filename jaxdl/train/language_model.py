@@ -28,6 +28,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -35,7 +36,7 @@ from jaxdl import models, parallel
 from jaxdl.configs import ConfigError
 from jaxdl.data import text
 from jaxdl.models import transformer
-from jaxdl.train.task import Task
+from jaxdl.train.task import Task, section
 
 # Folded into the seed's key so the sampling stream is not one of training's.
 _SAMPLE_STREAM = 0x53414D50  # "SAMP"
@@ -60,6 +61,12 @@ def ids_to_words(ids, tokenizer: text.Tokenizer) -> str:
   return " ".join(words)
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """The `lm` section at its defaults: no prompts (no samples written); each
+  prompt continued by `sample_tokens` tokens, greedily and at `temperature`."""
+  return ml_collections.ConfigDict(dict(prompts=(), sample_tokens=32, temperature=1.0))
+
+
 class LanguageModelTask(Task):
   """Config: model.name (e.g. 'transformer_lm'), model.kwargs, optimizer, and
   the optional `lm` section (prompts, sample_tokens, temperature)."""
@@ -74,11 +81,11 @@ class LanguageModelTask(Task):
       kwargs.setdefault("vocab_size", info["vocab_size"])
     self.config = config
     self.model = models.get_model(config.model.name, **kwargs)
-    self.seed = int(config.get("seed", 0))
-    lm = config.get("lm", None) or {}
-    self.prompts = tuple(lm.get("prompts", ()) if lm else ())
-    self.sample_tokens = int(lm.get("sample_tokens", 32)) if lm else 0
-    self.temperature = float(lm.get("temperature", 1.0)) if lm else 1.0
+    self.seed = int(config.seed)
+    lm = section(config, "lm", default_config())
+    self.prompts = tuple(lm.prompts)
+    self.sample_tokens = int(lm.sample_tokens)
+    self.temperature = float(lm.temperature)
     self._tokenizer = None
     if self.prompts:
       self._check_sampling(config)

@@ -17,7 +17,6 @@ checkpoints/<step>/{state,data,meta}, checkpoints/corrupt/<step>.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ import jax
 import numpy as np
 
 from jaxdl import checkpoint, configs, lock, parallel, summary as model_summary
+from jaxdl.checksum import params_sha256  # noqa: F401 (part of this API)
 from jaxdl.lock import WorkdirError, prepare_workdir  # noqa: F401 (part of this API)
 from jaxdl import logging as jlog
 from jaxdl.data import DataError, load_dataset, pipeline, unit_images
@@ -67,7 +67,7 @@ class Run:
           f"batch_size={config.batch_size} is larger than the {len(self.train_source)} "
           f"training examples; pass --config.batch_size={max(1, len(self.train_source) // 2)}")
     self.num_steps = config.num_steps or config.num_epochs * self.steps_per_epoch
-    task_name = config.get("task", "classification")
+    task_name = config.task
     with _bad_value(f"task {task_name!r} rejects its settings; check its --config.* settings"):
       self.task = build_task(config, self.info, self.num_steps)
     if self.task.wants_reference_images:
@@ -284,14 +284,6 @@ def _close_quietly(ckpt) -> None:
     ckpt.close()
   except Exception as e:  # pylint: disable=broad-except
     print(f"warning: {e}", file=sys.stderr, flush=True)
-
-
-def params_sha256(params) -> str:
-  """sha256 over every parameter's bytes, in tree order (for exact-resume checks)."""
-  h = hashlib.sha256()
-  for leaf in jax.tree.leaves(parallel.to_host(params)):
-    h.update(np.ascontiguousarray(leaf).tobytes())
-  return h.hexdigest()
 
 
 def _fault_point(point: str, step: int) -> None:

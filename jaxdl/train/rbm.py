@@ -13,8 +13,8 @@ RBMTask config fields (defaults in brackets):
   rbm.fe_decay [0.9]   decay of the running mean of the training free energy
                        (short, so the mean does not lag far behind while F moves)
   rbm.num_filters [100]  hidden units shown in `workdir/filters_{step:06d}.png`
-  rbm.optimizer        (else `optimizer`) see jaxdl.train.optim [momentum SGD,
-                       lr 0.05, momentum 0.9 when neither is set]
+  rbm.optimizer        see jaxdl.train.optim [momentum SGD, lr 0.05, momentum
+                       0.9]; `config.optimizer` is not used
 
 DBNTask config fields:
   model.kwargs         hidden [(500, 500)], num_classes [info['num_classes']]
@@ -38,11 +38,10 @@ import numpy as np
 import optax
 
 from jaxdl import images, models, parallel
-from jaxdl.configs import ConfigError
+from jaxdl.configs import ConfigError, optimizer_config
 from jaxdl.models import rbm as rbm_lib
 from jaxdl.train.task import ParamGroup, Task, section
 
-_PRETRAIN_OPT = {"name": "momentum", "learning_rate": 0.05, "momentum": 0.9}
 
 
 def _model_kwargs(config: Any) -> dict:
@@ -80,14 +79,14 @@ def rbm_default_config() -> ml_collections.ConfigDict:
   """The `rbm` section at its defaults (optimizer: momentum SGD, set explicitly)."""
   return ml_collections.ConfigDict(dict(
       cd_k=1, persistent=False, num_chains=100, binarize="none", fe_decay=0.9,
-      num_filters=100, optimizer=ml_collections.ConfigDict(_PRETRAIN_OPT)))
+      num_filters=100, optimizer=optimizer_config(name="momentum", learning_rate=0.05)))
 
 
 def dbn_default_config() -> ml_collections.ConfigDict:
   """The `dbn` section at its defaults (`optimizer` stays the fine-tuning one)."""
   return ml_collections.ConfigDict(dict(
       pretrain_steps=1000, cd_k=1, binarize="none", num_filters=100,
-      pretrain_optimizer=ml_collections.ConfigDict(_PRETRAIN_OPT)))
+      pretrain_optimizer=optimizer_config(name="momentum", learning_rate=0.05)))
 
 
 class RBMTask(Task):

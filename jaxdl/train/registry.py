@@ -32,7 +32,7 @@ def task_names() -> list[str]:
 
 def build_task(config, info: dict, total_steps: int):
   reg = _registry()
-  name = config.get("task", "classification")
+  name = config.task
   if name not in reg:
     raise ConfigError(f"unknown task {name!r}: choose one of {sorted(reg)} (--config.task=...)")
   cls = reg[name]

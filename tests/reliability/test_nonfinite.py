@@ -13,7 +13,7 @@ import pytest
 
 from conftest import digits_mlp_config
 import relutil
-from jaxdl import checkpoint, parallel
+from jaxdl import checksum, parallel
 from jaxdl.train import loop
 from jaxdl.train.task import Task
 
@@ -56,7 +56,7 @@ def _all_checkpoints_finite(wd) -> list[int]:
   steps = run.checkpointer.all_steps()
   for s in steps:
     state = run.checkpointer.restore(s, run.abstract_state())
-    assert all(d["finite"] for d in checkpoint.describe_state(state).values()), s
+    assert all(d["finite"] for d in checksum.describe_state(state).values()), s
   run.checkpointer.close()
   return steps
 
