@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 from typing import Any, Callable
 
 import grain
@@ -51,6 +52,18 @@ class CorruptCheckpointError(CheckpointError):
 
 class CheckpointMismatchError(CheckpointError):
   """The checkpoint is intact but was written for another state structure."""
+
+  def __init__(self, msg: str, what: str = ""):
+    super().__init__(msg)
+    self.what = what  # the difference, the same for every step of another config
+
+
+class NoUsableCheckpointError(CheckpointError):
+  """Checkpoints exist but none restores and verifies; `steps` lists them."""
+
+  def __init__(self, msg: str, steps: list[int]):
+    super().__init__(msg)
+    self.steps = steps
 
 
 def short_error(e: BaseException) -> str:
@@ -164,14 +177,14 @@ class Checkpointer:
     if bad:
       raise CheckpointError(
           f"refusing to save step {step}: non-finite values in {', '.join(bad[:3])}"
-          f"{' ...' if len(bad) > 3 else ''}; latest good checkpoint: {self._latest_desc()}")
+          f"{' ...' if len(bad) > 3 else ''}; latest good checkpoint: {self.latest_committed()}")
     need = sum(x.nbytes for x in jax.tree.leaves(state)) + (1 << 20)
     free = shutil.disk_usage(self.directory).free
     if free < need:
       raise CheckpointError(
           f"not enough disk space to save step {step} to {self.directory}: needs about "
           f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free some space and "
-          f"relaunch (committed checkpoints are intact, latest: {self._latest_desc()})")
+          f"relaunch (committed checkpoints are intact, latest: {self.latest_committed()})")
     meta = {"format": META_FORMAT, "step": int(step), "leaves": leaves,
             "items": ["state", "meta"], "data_state": None,
             "process_count": jax.process_count()}
@@ -193,7 +206,7 @@ class Checkpointer:
     self._pending = step
     return saved
 
-  def _latest_desc(self) -> str:
+  def latest_committed(self) -> str:
     """The newest committed step (its final folder exists; not the in-flight one)."""
     steps = sorted(int(n) for n in os.listdir(self.directory)
                    if n.isdigit() and os.path.isdir(os.path.join(self.directory, n)))
@@ -218,16 +231,24 @@ class Checkpointer:
            else f"{type(e).__name__}: {short_error(e)}")
     return CheckpointError(
         f"saving {'a checkpoint' if step is None else f'step {step}'} to {self.directory} "
-        f"failed ({why}); committed checkpoints are intact (latest: {self._latest_desc()})")
+        f"failed ({why}); committed checkpoints are intact (latest: {self.latest_committed()})")
 
-  def wait(self) -> None:
-    """Blocks until the save in flight is committed (raises CheckpointError)."""
+  def wait(self, timeout: float | None = None) -> bool:
+    """Blocks until the save in flight is committed (raises CheckpointError);
+    False if it is still running after `timeout` seconds."""
+    if timeout is not None:
+      waiter = threading.Thread(target=self._manager.wait_until_finished, daemon=True)
+      waiter.start()
+      waiter.join(timeout)
+      if waiter.is_alive():
+        return False
     try:
       self._manager.wait_until_finished()
       self._manager.check_for_errors()
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(self._pending, e) from None
     self._pending = None
+    return True
 
   def close(self) -> None:
     try:
@@ -301,8 +322,9 @@ class Checkpointer:
       n = next(n for n in want if want[n] != have[n])
       what = f"leaf {n} is {have[n][1]}{have[n][0]} there but {want[n][1]}{want[n][0]} here"
     raise CheckpointMismatchError(
-        f"checkpoint step {step} in {self.directory} was written for another model or "
-        f"config ({what}); use a new --workdir, or restore the config it was trained with")
+        f"checkpoint step {step} at {self.step_path(step)} was written for another model or "
+        f"config ({what}); use a new --workdir, or restore the config it was trained with",
+        what)
 
   def _move_aside(self, src: str, name: str) -> str:
     """Renames `src` to `corrupt/<name>[.n]` (same filesystem: atomic)."""
@@ -326,21 +348,37 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state: Any, data_iterator: Any = None
                      ) -> tuple[Any, int | None]:
-    """(state, step) of the newest checkpoint that verifies; each newer one that
-    fails is reported and moved to `corrupt/`; (None, None) when none is left.
-    A structure mismatch is raised, not skipped: the config changed."""
+    """(state, step) of the newest checkpoint that verifies, (None, None) when
+    there is none. Newer ones that fail are then reported and moved to
+    `corrupt/`, whatever failed: data, meta, or a structure that differs from
+    the state's while an older step's matches. When no step verifies, nothing
+    is moved: the same structure difference at every step is a
+    CheckpointMismatchError (the config changed), anything else a
+    NoUsableCheckpointError."""
+    failed: list[tuple[int, CheckpointError]] = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
         state, problem = self.restore(step, abstract_state, data_iterator), None
-      except CorruptCheckpointError as e:
+      except (CorruptCheckpointError, CheckpointMismatchError) as e:
         problem = e
       if agree(problem is None):
+        for bad, why in failed:
+          moved = self.quarantine(bad)
+          if jax.process_index() == 0:
+            self.report(f"warning: {why or f'checkpoint step {bad} failed on another process'}"
+                        f"; moved it to {moved}; fell back to checkpoint step {step}")
         return state, step
-      moved = self.quarantine(step)
-      if jax.process_index() == 0:
-        self.report(f"warning: {problem or f'checkpoint step {step} failed on another process'}"
-                    f"; moved it to {moved}; falling back to an older checkpoint")
-    return None, None
+      failed.append((step, problem))
+    if not failed:
+      return None, None
+    whats = {getattr(e, "what", None) for _, e in failed}
+    if len(whats) == 1 and None not in whats:  # the same difference at every step
+      raise failed[0][1]
+    raise NoUsableCheckpointError(
+        f"no usable checkpoint in {self.directory}: steps {[s for s, _ in failed]} all "
+        f"fail to restore or verify (newest: {failed[0][1]}); pass another --workdir for "
+        "a new run, or --config.start_over=True to train this one again from step 0 "
+        "(the checkpoints are then moved to corrupt/)", [s for s, _ in failed])
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

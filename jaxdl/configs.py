@@ -76,6 +76,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.async_checkpoints = True
   c.tensorboard = True
   c.nonfinite = "stop"        # NaN/Inf loss or grads: 'stop' the run, or 'skip' the update
+  # SIGTERM/SIGINT: the step is saved before exiting; if that save is not
+  # committed this many seconds after the signal, exit keeping the previous
+  # checkpoint (0: wait for it however long it takes).
+  c.preemption_grace_s = 0.0
+  # A workdir whose checkpoints all fail to verify is refused; True trains it
+  # again from step 0 (the damaged checkpoints and metrics.jsonl moved aside).
+  c.start_over = False
   return c
 
 
@@ -127,6 +134,9 @@ def validate(config, num_devices: int = 1) -> None:
   if not isinstance(lr, (int, float)) or lr < 0:
     raise ConfigError(f"optimizer.learning_rate={lr!r} must be a non-negative number; "
                       "pass e.g. --config.optimizer.learning_rate=0.001")
+  if not isinstance(config.preemption_grace_s, (int, float)) or config.preemption_grace_s < 0:
+    raise ConfigError(f"preemption_grace_s={config.preemption_grace_s!r} must be >= 0 "
+                      "seconds (0: no limit); pass e.g. --config.preemption_grace_s=25")
   if config.nonfinite not in ("stop", "skip"):
     raise ConfigError(f"nonfinite={config.nonfinite!r}: choose 'stop' (end the run at "
                       "a NaN/Inf loss) or 'skip' (drop that update); pass "

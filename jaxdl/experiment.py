@@ -138,6 +138,7 @@ def _main(argv) -> None:
   from jaxdl.configs import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxdl.data.errors import DataError  # pylint: disable=g-import-not-at-top
   from jaxdl.lock import WorkdirLockedError  # pylint: disable=g-import-not-at-top
+  from jaxdl.preemption import Preempted  # pylint: disable=g-import-not-at-top
   from jaxdl import evaluate, plots  # pylint: disable=g-import-not-at-top
   from jaxdl.train.loop import NonFiniteError, WorkdirError, train  # pylint: disable=g-import-not-at-top
   try:
@@ -150,6 +151,9 @@ def _main(argv) -> None:
           WorkdirLockedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_ERROR)
+  except Preempted as e:  # 143 (SIGTERM) / 130 (SIGINT): the job did not finish
+    print(str(e), flush=True)
+    sys.exit(e.exit_code)
   if jax.process_index() == 0:
     ev = " ".join(f"{k} {v:.4f}" for k, v in sorted(summary["eval"].items()))
     print(f"done: step {summary['final_step']} | {ev} | {summary['wall_time_s']:.1f} s | "

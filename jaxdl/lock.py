@@ -7,7 +7,9 @@ the first (pid, host, start time). The lock holds JSON {pid, host, boot_id,
 pid_start, started}. A lock whose process is gone (same host, and no live
 process with that pid and start time) is stale -- the run was SIGKILLed or
 the machine rebooted -- and is taken over with a message. A lock from another
-host cannot be checked from here and is never taken over.
+host (a relaunch on another node of a shared filesystem) is judged by its
+heartbeat: the holder touches the file every HEARTBEAT_S seconds, and a lock
+not touched for STALE_AFTER_S (env JAXDL_LOCK_STALE_S) is stale.
 
 Only process 0 of a multi-process run takes the lock (the others share its
 workdir by design).
@@ -19,10 +21,17 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any, Callable
 
 LOCK_NAME = ".lock"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 300.0  # 10 missed heartbeats: the holder on another host is gone
+
+
+def stale_after_s() -> float:
+  return float(os.environ.get("JAXDL_LOCK_STALE_S", STALE_AFTER_S))
 
 
 class WorkdirError(OSError):
@@ -138,7 +147,10 @@ class WorkdirLock:
       except OSError:
         return True
     if info.get("host") != self._mine["host"]:
-      return False
+      try:  # another host: its heartbeat
+        return time.time() - os.path.getmtime(self.path) > stale_after_s()
+      except OSError:
+        return True
     if info.get("boot_id") and self._mine["boot_id"] and \
         info["boot_id"] != self._mine["boot_id"]:
       return True  # rebooted since
@@ -154,16 +166,20 @@ class WorkdirLock:
     for _ in range(20):
       if self._create():
         self.held = True
+        self._beat = threading.Event()
+        threading.Thread(target=self._heartbeat, args=(self._beat,), daemon=True).start()
         return self
       info = self._read(self.path)
       if info is None:
         continue  # released meanwhile: try again
       if not self.is_stale(info):
         who = _describe(info) if info else "a run that is just starting (empty lock file)"
+        other = info.get("host") not in (None, self._mine["host"])
         raise WorkdirLockedError(
             f"workdir {os.path.dirname(self.path)} is in use by another run: "
-            f"{who}; wait for it, stop it, or pass another --workdir "
-            f"(delete {self.path} only if that run is certainly gone)")
+            f"{who}; wait for it, stop it, or pass another --workdir"
+            + (f" (its lock is taken over once its heartbeat is {stale_after_s():.0f} s old)"
+               if other else f" (delete {self.path} only if that run is certainly gone)"))
       # Take over atomically: rename the stale lock to a name only we use, check
       # it is still the one we judged stale, then create ours with O_EXCL.
       aside = f"{self.path}.stale.{os.getpid()}"
@@ -185,10 +201,18 @@ class WorkdirLock:
                   f"{_describe(info) if info else 'an unknown process'} (no longer running)")
     raise WorkdirLockedError(f"could not take the lock {self.path} (contended); try again")
 
+  def _heartbeat(self, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+      try:
+        os.utime(self.path)
+      except OSError:
+        pass  # gone or unwritable: the next acquire by another run decides
+
   def release(self) -> None:
     if not self.held:
       return
     self.held = False
+    self._beat.set()
     info = self._read(self.path)
     if info and info.get("pid") == self._mine["pid"] and \
         info.get("started") == self._mine["started"]:

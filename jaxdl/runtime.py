@@ -258,11 +258,16 @@ class Setup:
 
 class _DropReraisedOrbaxErrors(logging.Filter):
   """orbax logs a traceback for a failed async save and then re-raises it to us;
-  jaxdl reports it as one line, so the logged copy is dropped."""
+  jaxdl reports it as one line, so the logged copy is dropped. So is its
+  warning for each checkpoint saved between evaluations (no metrics to rank
+  it by: jaxdl keeps it as a recent one, by design)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and record.exc_info and
-                f"{os.sep}orbax{os.sep}" in record.pathname)
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    if record.levelno >= logging.ERROR and record.exc_info:
+      return False
+    return not str(record.msg).startswith("Requested `tracked_metric`")
 
 
 def quiet_checkpoint_echoes() -> None:

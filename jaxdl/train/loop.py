@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdl import checkpoint, configs, lock, parallel, summary as model_summary
+from jaxdl import checkpoint, configs, lock, parallel, preemption, summary as model_summary
 from jaxdl.checksum import params_sha256  # noqa: F401 (part of this API)
 from jaxdl.lock import WorkdirError, prepare_workdir  # noqa: F401 (part of this API)
 from jaxdl import logging as jlog
@@ -113,7 +113,20 @@ class Run:
     """(state, resumed step or None) from the newest checkpoint that verifies;
     the data iterator ends at that step's position, or at its start."""
     start = data_iterator.get_state() if data_iterator is not None else None
-    state, step = self.checkpointer.restore_latest(self.abstract_state(), data_iterator)
+    try:
+      state, step = self.checkpointer.restore_latest(self.abstract_state(), data_iterator)
+    except checkpoint.NoUsableCheckpointError as e:
+      if not self.config.start_over:
+        raise
+      for s in e.steps:
+        self.checkpointer.quarantine(s)
+      log = os.path.join(self.workdir, "metrics.jsonl")
+      if jax.process_index() == 0 and os.path.exists(log):
+        os.replace(log, f"{log}.before_start_over.{int(time.time())}")
+      print(f"warning: no checkpoint of {self.checkpointer.directory} verifies; starting "
+            f"over from step 0 (config.start_over); steps {e.steps} moved to corrupt/, "
+            "metrics.jsonl to metrics.jsonl.before_start_over.*", file=sys.stderr)
+      state, step = None, None
     if step is None:
       if data_iterator is not None:
         data_iterator.set_state(start)  # a failed attempt may have moved it
@@ -143,9 +156,10 @@ def train(config, workdir: str, *, stream=None, mesh=None):
   mesh = mesh or parallel.make_mesh()
   configs.validate(config, mesh.size)  # a bad flag must not create or lock a workdir
   workdir = prepare_workdir(workdir)
-  with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+  with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0), \
+      preemption.Watch() as watch:
     try:
-      return _train(Run(config, workdir, mesh=mesh), stream)
+      return _train(Run(config, workdir, mesh=mesh), stream, watch)
     except OSError as e:
       if isinstance(e, (WorkdirError, lock.WorkdirLockedError)):
         raise
@@ -156,7 +170,7 @@ def train(config, workdir: str, *, stream=None, mesh=None):
           "relaunch to resume") from None
 
 
-def _train(run: Run, stream):
+def _train(run: Run, stream, watch: preemption.Watch):
   t_start = time.perf_counter()
   cfg, engine, ckpt = run.config, run.engine, run.checkpointer
   it = run.data_iterator()
@@ -202,6 +216,7 @@ def _train(run: Run, stream):
       progress.update(entry[0], host)
 
   blocks = isinstance(it, pipeline.BlockIterator)
+  stopped = None  # the step a SIGTERM / SIGINT stopped the run at
   try:
     for step in range(start + 1, run.num_steps + 1):
       if blocks:  # one transfer per K steps; the step picks its batch
@@ -223,7 +238,8 @@ def _train(run: Run, stream):
       else:
         progress.update(step)
       do_eval = step % eval_every == 0 or step == run.num_steps
-      do_ckpt = step % ckpt_every == 0 or step == run.num_steps
+      stop = watch.stop_at(step)
+      do_ckpt = step % ckpt_every == 0 or step == run.num_steps or stop
       if do_eval or do_ckpt:  # the health is checked before anything is saved
         log(pending or (step, metrics), write=pending is not None)
         pending = None
@@ -233,8 +249,14 @@ def _train(run: Run, stream):
         progress.write(f"eval step {step}: " + " ".join(
             f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
       if do_ckpt:
+        if stop:  # the previous save first, within the grace period
+          _wait_within_grace(watch, cfg, ckpt, step, committed=False)
         ckpt.save(step, state, it, metrics=eval_metrics if do_eval else None)
         _fault_point("save", step)
+      if stop:
+        stopped = step
+        _wait_within_grace(watch, cfg, ckpt, step, committed=True)
+        break
     ckpt.wait()
   except BaseException:
     _close_quietly(ckpt)  # the first error is the one to report
@@ -243,6 +265,9 @@ def _train(run: Run, stream):
   finally:
     progress.close()
   ckpt.close()
+  if stopped is not None:
+    writer.close()
+    raise preemption.Preempted(stopped, watch.signum)
   if not eval_metrics and resumed is not None:  # e.g. killed before summary.json
     eval_metrics, _ = run.evaluate(state, start)
   writer.write_hparams(jlog.flatten_hparams(cfg), eval_metrics)
@@ -279,6 +304,17 @@ def _finished_summary(workdir: str, state) -> dict[str, Any] | None:
   return saved if parallel.agree(ok) else None
 
 
+def _wait_within_grace(watch, cfg, ckpt, step: int, committed: bool) -> None:
+  """Waits for the save in flight; past `config.preemption_grace_s` since the
+  signal, exits at once (the save in flight is dropped, committed ones kept)."""
+  if ckpt.wait(timeout=watch.time_left(cfg.preemption_grace_s)):
+    return
+  latest = ckpt.latest_committed()
+  e = preemption.Preempted(step, watch.signum, saved=False, kept=latest)
+  print(f"{'warning' if committed else 'error'}: {e}", file=sys.stderr, flush=True)
+  os._exit(e.exit_code)  # pylint: disable=protected-access  (orbax's writer threads)
+
+
 def _close_quietly(ckpt) -> None:
   try:
     ckpt.close()
@@ -288,6 +324,13 @@ def _close_quietly(ckpt) -> None:
 
 def _fault_point(point: str, step: int) -> None:
   """Test hook: JAXDL_FAULT_KILL='step:N' or 'save:N' SIGKILLs this process right
-  after step N is dispatched, or right after the save of step N was started."""
-  if os.environ.get("JAXDL_FAULT_KILL") == f"{point}:{step}":
-    os.kill(os.getpid(), signal.SIGKILL)
+  after step N is dispatched, or right after the save of step N was started;
+  'term:step:N' / 'int:save:N' send it SIGTERM / SIGINT there instead
+  (JAXDL_FAULT_PROCESS=i: only process i)."""
+  spec = os.environ.get("JAXDL_FAULT_KILL", "")
+  sig, _, at = spec.partition(":") if spec.startswith(("term:", "int:")) else ("kill", "", spec)
+  if at != f"{point}:{step}" or os.environ.get(
+      "JAXDL_FAULT_PROCESS", str(jax.process_index())) != str(jax.process_index()):
+    return
+  os.kill(os.getpid(), {"kill": signal.SIGKILL, "term": signal.SIGTERM,
+                        "int": signal.SIGINT}[sig])

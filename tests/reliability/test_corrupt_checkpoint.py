@@ -88,7 +88,28 @@ def _remove(rel):
   return corrupt
 
 
+def _edit_meta(edit):
+  """A changed field of the checksum record (a flipped bit in its text)."""
+  def corrupt(step_dir):
+    record = step_dir / "meta" / "metadata"
+    meta = json.loads(record.read_text())
+    name, leaf = next((n, l) for n, l in meta["leaves"].items() if "params" in n)
+    edit(meta["leaves"], name, leaf)
+    record.write_text(json.dumps(meta))
+    return record
+  return corrupt
+
+
+def _rename_leaf(leaves, name, leaf):
+  leaves[name[:-1] + chr(ord(name[-1]) ^ 1)] = leaves.pop(name)
+
+
 CORRUPTIONS = {
+    # Each looks like another model's checkpoint at this step only: the older
+    # steps match the state, so it is damage (fallback), not another config.
+    "meta_leaf_shape": _edit_meta(lambda ls, n, l: l.update(shape=[l["shape"][0] ^ 1, *l["shape"][1:]])),
+    "meta_leaf_dtype": _edit_meta(lambda ls, n, l: l.update(dtype="float33")),
+    "meta_leaf_name": _edit_meta(_rename_leaf),
     "truncated_array_file": _truncate,
     "flipped_bit_in_array_data": _flip_bit,
     "garbage_tree_metadata": _garbage("state/_METADATA"),
@@ -130,17 +151,34 @@ def test_two_newest_corrupt_falls_back_two(base, tmp_path, capsys):
   assert sorted(p.name for p in (wd / "checkpoints" / "corrupt").iterdir()) == ["30", "40"]
 
 
-def test_every_checkpoint_corrupt_starts_over_and_keeps_them(base, tmp_path, capsys):
+def test_every_checkpoint_corrupt_is_refused_and_nothing_is_lost(base, tmp_path):
+  wd = _copy(base, tmp_path)
+  steps = sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+  for p in steps:
+    _remove("meta")(wd / "checkpoints" / p)
+  log = (wd / "metrics.jsonl").read_text()
+  with pytest.raises(checkpoint.NoUsableCheckpointError, match="no usable checkpoint") as e:
+    loop.train_and_evaluate(_config(), str(wd), mesh=ONE)
+  assert "--config.start_over=True" in str(e.value) and "\n" not in str(e.value)
+  assert (wd / "metrics.jsonl").read_text() == log         # not truncated
+  assert sorted(p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == steps
+  assert not (wd / "checkpoints" / "corrupt").exists()
+
+
+def test_start_over_trains_again_and_keeps_the_damaged_files(base, tmp_path, capsys):
   wd = _copy(base, tmp_path)
   steps = [p for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
   for p in steps:
     _remove("meta")(p)
-  summary = loop.train_and_evaluate(_config(), str(wd), mesh=ONE)
+  log = (wd / "metrics.jsonl").read_text()
+  summary = loop.train_and_evaluate(_config(start_over=True), str(wd), mesh=ONE)
   assert summary["resumed_from"] is None
   assert summary["params_sha256"] == base[1]["params_sha256"]  # deterministic restart
   corrupt = sorted(p.name for p in (wd / "checkpoints" / "corrupt").iterdir())
   assert corrupt == sorted(p.name for p in steps)
-  assert capsys.readouterr().err.count("is unusable") == len(steps)
+  (old,) = wd.glob("metrics.jsonl.before_start_over.*")
+  assert old.read_text() == log
+  assert "starting over from step 0" in capsys.readouterr().err
 
 
 def test_garbage_step_metadata_is_tolerated_because_the_state_verifies(base, tmp_path):
