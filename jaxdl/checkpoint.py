@@ -236,7 +236,7 @@ class Checkpointer:
   def wait(self, timeout: float | None = None) -> bool:
     """Blocks until the save in flight is committed (raises CheckpointError);
     False if it is still running after `timeout` seconds."""
-    if timeout is not None:
+    if timeout is not None and self._pending is not None:
       waiter = threading.Thread(target=self._manager.wait_until_finished, daemon=True)
       waiter.start()
       waiter.join(timeout)

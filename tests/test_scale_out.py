@@ -2,6 +2,7 @@
 cross-topology restores, gradient accumulation and bfloat16 compute."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,32 @@ def test_checkpoint_from_2x2_continues_on_another_topology(tmp_path, reference_r
   _, got = params(wd)
   _, want = params(reference_runs["1x1"])
   assert_close(got, want, 1e-5)
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step(tmp_path, mnist_dir):
+  # A scheduler preempts one host: JAX's preemption sync point makes every
+  # process stop and save the same step (its notice takes about a second to
+  # reach the others: 300 steps), within the grace period.
+  args = (f"--config.data_dir={mnist_dir}", "--config.num_steps=300",
+          "--config.eval_every=300", "--config.checkpoint_every=100",
+          "--config.log_every=50")
+  r = multi(tmp_path / "ref", 2, 1, *args)
+  assert r.returncode == 0, r.stdout[-3000:]
+  wd = tmp_path / "run"
+  r = multi(wd, 2, 1, *args, "--config.preemption_grace_s=60",
+            env={"JAXDL_FAULT_KILL": "term:step:5", "JAXDL_FAULT_PROCESS": "1"})
+  assert r.returncode == 143, r.stdout[-3000:]
+  stops = re.findall(r"^\[(\d)\] preempted at step (\d+); checkpoint saved", r.stdout, re.M)
+  assert sorted(p for p, _ in stops) == ["0", "1"], r.stdout[-3000:]
+  assert stops[0][1] == stops[1][1], stops
+  step = int(stops[0][1])
+  assert 5 <= step < 300 and str(step) in _ls(wd / "checkpoints")
+  r = multi(wd, 2, 1, *args)
+  assert r.returncode == 0 and f"resumed from step {step}" in r.stdout, r.stdout[-3000:]
+  _, got = params(wd)
+  _, want = params(tmp_path / "ref")
+  for x, y in zip(got, want):
+    np.testing.assert_array_equal(x, y)  # bit for bit
 
 
 def test_losing_a_process_stops_the_other_and_the_next_launch_resumes(tmp_path, mnist_dir):

@@ -223,3 +223,23 @@ def test_bad_truncating_is_a_config_error():
   c.truncating = "middle"
   with pytest.raises(configs.ConfigError, match="truncating='middle'"):
     configs.validate(c)
+
+
+@pytest.mark.parametrize("damage", ["torn", "flipped_bit"])
+def test_damaged_tokenizer_is_refitted_identically(damage, tmp_path, capsys):
+  # A resume reads workdir/tokenizer.json: a torn file once gave a 48-line
+  # JSONDecodeError, a flipped bit silently other token ids.
+  texts = ["the movie was great", "an awful dull movie", "great acting, great story"]
+  splits = {"train": (texts, np.array([1, 0, 1])), "test": (texts[:1], np.array([1]))}
+  kw = dict(num_words=8, maxlen=6, name="t")
+  want = text_lib.tokenize_splits(splits, str(tmp_path), **kw)["train"].arrays[0]
+  path = tmp_path / "tokenizer.json"
+  raw = path.read_bytes()
+  path.write_bytes(raw[:len(raw) // 2] if damage == "torn" else raw.replace(b"movie", b"movhe"))
+  with pytest.raises(DataError, match=r"tokenizer.json is damaged") as e:
+    text_lib.Tokenizer.load(str(path))
+  assert "\n" not in str(e.value)
+  got = text_lib.tokenize_splits(splits, str(tmp_path), **kw)["train"].arrays[0]
+  np.testing.assert_array_equal(got, want)
+  assert "tokenizer.json is damaged" in capsys.readouterr().err
+  text_lib.Tokenizer.load(str(path))  # rewritten whole

@@ -30,6 +30,7 @@ import json
 import operator
 import os
 import re
+import sys
 import tarfile
 from typing import Iterable, Sequence
 
@@ -102,19 +103,41 @@ class Tokenizer:
     index = self._index
     return [index.get(w, OOV_ID) for w in text_to_words(text)]
 
+  def _record(self) -> dict:
+    return {"num_words": self.num_words, "pad_id": PAD_ID, "oov_id": OOV_ID,
+            "words": self.words}
+
   def save(self, path: str) -> None:
-    """Writes JSON atomically (temp + rename): a kill leaves no half file."""
-    tmp = f"{path}.tmp"
+    """Writes JSON atomically (temp + rename: a kill leaves no half file) with
+    the sha256 of its content, which `load` verifies."""
+    record = self._record()
+    record["sha256"] = _sha256_of(record)
+    tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-      json.dump({"num_words": self.num_words, "pad_id": PAD_ID,
-                 "oov_id": OOV_ID, "words": self.words}, f)
+      json.dump(record, f)
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
 
   @classmethod
   def load(cls, path: str) -> "Tokenizer":
-    with open(path, encoding="utf-8") as f:
-      d = json.load(f)
-    return cls(d["num_words"], d["words"])
+    """The saved tokenizer; DataError (one line) if the file is damaged."""
+    try:
+      with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+      tok = cls(int(d["num_words"]), d["words"])
+      ok = "sha256" not in d or d["sha256"] == _sha256_of(tok._record())  # (older runs: none)
+    except (ValueError, KeyError, TypeError) as e:
+      ok, why = False, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+    else:
+      why = "its sha256 does not match its content"
+    if not ok:
+      raise DataError(f"{path} is damaged ({why})")
+    return tok
+
+
+def _sha256_of(record: dict) -> str:
+  return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int, *,
@@ -306,12 +329,16 @@ def tokenize_splits(splits: dict[str, tuple[list[str], np.ndarray]],
   `workdir` is None).
   """
   tok_path = os.path.join(workdir, "tokenizer.json") if workdir else None
+  tokenizer = None
   if tok_path and os.path.exists(tok_path):
-    tokenizer = Tokenizer.load(tok_path)
-    if tokenizer.num_words != num_words:
+    try:
+      tokenizer = Tokenizer.load(tok_path)
+    except DataError as e:  # refitted below: the same train texts give the same words
+      print(f"warning: {e}; fitting it again on the training texts", file=sys.stderr)
+    if tokenizer is not None and tokenizer.num_words != num_words:
       raise ValueError(f"{tok_path} has num_words={tokenizer.num_words} but "
                        f"num_words={num_words} was asked: use a fresh workdir")
-  else:
+  if tokenizer is None:
     tokenizer = Tokenizer(num_words).fit(splits["train"][0])
     if tok_path:
       os.makedirs(workdir, exist_ok=True)

@@ -250,12 +250,12 @@ def _train(run: Run, stream, watch: preemption.Watch):
             f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
       if do_ckpt:
         if stop:  # the previous save first, within the grace period
-          _wait_within_grace(watch, cfg, ckpt, step, committed=False)
+          _wait_within_grace(watch, cfg, ckpt, step, run.workdir)
         ckpt.save(step, state, it, metrics=eval_metrics if do_eval else None)
         _fault_point("save", step)
       if stop:
         stopped = step
-        _wait_within_grace(watch, cfg, ckpt, step, committed=True)
+        _wait_within_grace(watch, cfg, ckpt, step, run.workdir)
         break
     ckpt.wait()
   except BaseException:
@@ -304,14 +304,14 @@ def _finished_summary(workdir: str, state) -> dict[str, Any] | None:
   return saved if parallel.agree(ok) else None
 
 
-def _wait_within_grace(watch, cfg, ckpt, step: int, committed: bool) -> None:
+def _wait_within_grace(watch, cfg, ckpt, step: int, workdir: str) -> None:
   """Waits for the save in flight; past `config.preemption_grace_s` since the
   signal, exits at once (the save in flight is dropped, committed ones kept)."""
   if ckpt.wait(timeout=watch.time_left(cfg.preemption_grace_s)):
     return
-  latest = ckpt.latest_committed()
-  e = preemption.Preempted(step, watch.signum, saved=False, kept=latest)
-  print(f"{'warning' if committed else 'error'}: {e}", file=sys.stderr, flush=True)
+  e = preemption.Preempted(step, watch.signum, saved=False, kept=ckpt.latest_committed())
+  print(e, flush=True)
+  lock.release_at_exit(workdir)
   os._exit(e.exit_code)  # pylint: disable=protected-access  (orbax's writer threads)
 
 

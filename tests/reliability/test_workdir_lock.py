@@ -58,10 +58,36 @@ def test_reused_pid_is_stale(tmp_path):
     assert l.took_over is not None
 
 
-def test_lock_from_another_host_is_never_taken_over(tmp_path):
+def test_live_lock_from_another_host_is_refused(tmp_path):
+  # Its heartbeat (the file's mtime) is fresh: that run may be alive.
   _write_lock(tmp_path, pid=_dead_pid(), host="some-other-host", started=time.time())
-  with pytest.raises(lock.WorkdirLockedError, match="on host some-other-host"):
+  with pytest.raises(lock.WorkdirLockedError, match="on host some-other-host.*heartbeat"):
     lock.WorkdirLock(str(tmp_path)).acquire()
+
+
+def test_lock_from_another_host_with_an_old_heartbeat_is_taken_over(tmp_path):
+  # A relaunch on another node of a shared filesystem after the holder died.
+  _write_lock(tmp_path, pid=1, host="some-other-host", started=time.time() - 3600)
+  old = time.time() - lock.STALE_AFTER_S - 5
+  os.utime(tmp_path / ".lock", (old, old))
+  messages = []
+  with lock.WorkdirLock(str(tmp_path), report=messages.append) as l:
+    assert l.took_over["host"] == "some-other-host"
+    assert lock.holder(str(tmp_path))["host"] == socket.gethostname()
+  assert len(messages) == 1 and "some-other-host" in messages[0], messages
+
+
+def test_the_holder_keeps_its_heartbeat_fresh(tmp_path, monkeypatch):
+  monkeypatch.setattr(lock, "HEARTBEAT_S", 0.05)
+  with lock.WorkdirLock(str(tmp_path)):
+    os.utime(tmp_path / ".lock", (0, 0))
+    time.sleep(0.5)
+    assert time.time() - os.path.getmtime(tmp_path / ".lock") < 1.0
+    # So another host's launch sees a live run.
+    with pytest.raises(lock.WorkdirLockedError):
+      l = lock.WorkdirLock(str(tmp_path))
+      l._mine["host"] = "another-host"  # pylint: disable=protected-access
+      l.acquire()
 
 
 def test_torn_lock_file_is_stale_only_when_old(tmp_path):
