@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import operator
 import os
 import re
 import sys

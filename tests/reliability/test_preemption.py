@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 import signal
 import threading
 import time
