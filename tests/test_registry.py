@@ -66,7 +66,9 @@ TASKS = {
     "vae": ("vae", {}),
     "language_model": ("transformer_lm", {"model.kwargs": {
         "num_layers": 1, "d_model": 32, "num_heads": 2, "mlp_dim": 32, "max_len": 16}}),
-    "gan": ("dcgan_generator", {"gan.generator_kwargs": {"batch_norm": False}}),
+    "gan": ("dcgan_generator", {"gan.generator_kwargs": {"batch_norm": False,
+                                                         "features": (16, 8)},
+                                "gan.discriminator_kwargs": {"features": (8, 16)}}),
     "rbm": ("rbm", {}),
     "dbn": ("dbn_classifier", {"dbn.pretrain_steps": 1, "model.kwargs": {"hidden": (32, 16)}}),
 }
