@@ -136,14 +136,59 @@ IMDB = {"num_classes": 2, "vocab_size": 10000, "maxlen": 100}
 BCE = "sigmoid_binary_cross_entropy"
 
 
+# Input shapes of the image datasets (text: the config's maxlen / num_words).
+_DATASET_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "digits": (8, 8, 1),
+                   "cifar10": (32, 32, 3)}
+# Registered models that the curated rows below cover under another name.
+_COVERED = {"dcgan_generator": "dcgan", "dcgan_discriminator": "dcgan"}
+
+
+def registry_bench(name: str) -> Bench:
+  """A row for a registered model from its example run (`jaxdl.models.
+  examples()`: experiment config + overrides), on random data shaped like
+  the experiment's dataset, at the experiment's batch size."""
+  from jaxdl import models  # pylint: disable=g-import-not-at-top
+  experiment, example = models.examples()[name]
+
+  def make():
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    c = importlib.import_module(f"experiments.configs.{experiment}").get_config()
+    for key, v in example.items():
+      *path, leaf = key.split(".")
+      node = c
+      for part in path:
+        node = node[part]
+      node[leaf] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+    return c
+
+  c = make()
+  labels = c.task in ("classification", "dbn")
+  if c.dataset in _DATASET_SHAPES:
+    shape = _DATASET_SHAPES[c.dataset]
+    return Bench(name, make, _images(shape, labels=labels), c.batch_size,
+                 {"num_classes": 10, "input_shape": shape})
+  return Bench(name, make, _tokens(c.maxlen, c.num_words, labels=labels), c.batch_size,
+               {"num_classes": 2, "vocab_size": c.num_words, "maxlen": c.maxlen},
+               tokens=c.maxlen)
+
+
 def benches() -> list[Bench]:
-  """Every registered model at the batch of its experiment (or the issue's).
+  """The curated rows below, then a `registry_bench` row for every registered
+  model none of them covers (so a new model is benchmarked without an edit here).
 
   Rows without a suffix are the plain lowering ('xla' / 'autodiff', jax's
   defaults); '(conv_impl=fast)' / '(scan_impl=fused)' rows force the fast
   path, which is what a model's default 'auto' compiles to on CPU
   (tests/test_platform.py: the same parameters bit for bit)."""
   img28, img32 = _images((28, 28, 1)), _images((32, 32, 3))
+  from jaxdl import models  # pylint: disable=g-import-not-at-top
+  curated = _curated(img28, img32)
+  rows = {b.model for b in curated}
+  return curated + [registry_bench(n) for n in sorted(models.registry())
+                    if n not in rows and _COVERED.get(n) not in rows]
+
+
+def _curated(img28, img32) -> list[Bench]:
   return [
       Bench("mlp", _config(model="mlp"), img28, 128, MNIST),
       Bench("cnn", _config(model="cnn", conv_impl="xla"), img32, 128, CIFAR),

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdl import parallel
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -39,8 +41,25 @@ def test_transposed_conv_counts_real_taps_and_scan_counts_every_step():
 
 
 def test_every_registered_model_has_a_row():
-  from jaxdl.models import registry  # pylint: disable=g-import-not-at-top
+  from jaxdl import models  # pylint: disable=g-import-not-at-top
   rows = {b.model for b in benchmark.benches()}
-  names = set(registry()) - {"dcgan_generator", "dcgan_discriminator"}
+  names = set(models.registry()) - {"dcgan_generator", "dcgan_discriminator"}
   assert names <= rows, names - rows
   assert "dcgan" in rows  # generator + discriminator as one GAN step
+
+
+def test_a_new_model_gets_a_row_from_its_registry_example(monkeypatch):
+  # One file and one registry line (MODELS, EXAMPLES) are all a new model needs.
+  from jaxdl import models  # pylint: disable=g-import-not-at-top
+  from jaxdl.models import mlp  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(mlp.MODELS, "tiny_mlp", mlp.MODELS["mlp"])
+  monkeypatch.setitem(mlp.EXAMPLES, "tiny_mlp", (
+      "mnist_mlp", {"model.name": "tiny_mlp", "model.kwargs": {"hidden": (8,)},
+                    "batch_size": 16}))
+  monkeypatch.setattr(models, "_REGISTRY", None)  # rebuilt with it
+  assert "tiny_mlp" in models.registry()
+  (row,) = [b for b in benchmark.benches() if b.name == "tiny_mlp"]
+  assert row.batch_size == 16 and row.info["input_shape"] == (28, 28, 1)
+  case, info = benchmark.jax_case(row, parallel.make_mesh(jax.devices()[:1]))
+  case.run(2)  # compiles and steps
+  assert info["flops"] > 0
