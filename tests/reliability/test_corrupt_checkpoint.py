@@ -220,7 +220,8 @@ def test_failed_restore_leaves_the_manager_usable(base, tmp_path):
   _flip_bit(wd / "checkpoints" / "40")
   run = loop.Run(_config(), str(wd), mesh=ONE)
   ckpt = run.checkpointer
-  with pytest.raises(checkpoint.CorruptCheckpointError, match="checksum"):
+  # (the flipped bit fails the checksum, or the decompression of its chunk)
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="checksum|restore failed"):
     ckpt.restore(40, run.abstract_state())
   state = ckpt.restore(30, run.abstract_state())   # same manager, next one works
   assert int(state.step) == 30
