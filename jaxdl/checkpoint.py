@@ -31,7 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxdl.checksum import describe_state, leaf_name
+from jaxdl.checksum import describe_state, failed_checksum, structure_difference
 from jaxdl.parallel import agree
 
 META_FORMAT = 2
@@ -296,12 +296,10 @@ class Checkpointer:
         data_iterator.set_state(meta["data_state"])
       else:
         self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
-    got = describe_state(state)
-    for name, want in meta["leaves"].items():
-      if got[name]["checksum"] != want.get("checksum"):
-        raise CorruptCheckpointError(
-            step, os.path.join(self.step_path(step), "state"),
-            f"leaf {name} fails its checksum (array data changed on disk)")
+    bad = failed_checksum(meta["leaves"], state)
+    if bad:
+      raise CorruptCheckpointError(step, os.path.join(self.step_path(step), "state"),
+                                   f"leaf {bad} fails its checksum (array data changed on disk)")
     position = _data_state(data_iterator) if data_iterator is not None else None
     if position is not None and meta.get("data_state") not in (None, position):
       raise CorruptCheckpointError(
@@ -309,22 +307,12 @@ class Checkpointer:
     return state
 
   def _check_structure(self, step: int, meta: dict, abstract_state: Any) -> None:
-    want = {leaf_name(p): (list(x.shape), str(x.dtype))
-            for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-    have = {n: (list(v.get("shape", [])), v.get("dtype")) for n, v in meta["leaves"].items()}
-    if want == have:
-      return
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing or extra:
-      what = (f"leaves {missing[:2] or extra[:2]} "
-              f"{'missing from' if missing else 'only in'} the checkpoint")
-    else:
-      n = next(n for n in want if want[n] != have[n])
-      what = f"leaf {n} is {have[n][1]}{have[n][0]} there but {want[n][1]}{want[n][0]} here"
-    raise CheckpointMismatchError(
-        f"checkpoint step {step} at {self.step_path(step)} was written for another model or "
-        f"config ({what}); use a new --workdir, or restore the config it was trained with",
-        what)
+    what = structure_difference(meta["leaves"], abstract_state)
+    if what:
+      raise CheckpointMismatchError(
+          f"checkpoint step {step} at {self.step_path(step)} was written for another model "
+          f"or config ({what}); use a new --workdir, or restore the config it was trained "
+          "with", what)
 
   def _move_aside(self, src: str, name: str) -> str:
     """Renames `src` to `corrupt/<name>[.n]` (same filesystem: atomic)."""

@@ -43,6 +43,29 @@ def describe_state(state: Any) -> dict[str, dict[str, Any]]:
           for (p, x), r in zip(flat, prints)}
 
 
+def structure_difference(leaves: dict[str, dict], abstract_state: Any) -> str | None:
+  """How the state described by `leaves` (`describe_state`) differs in leaf
+  names, shapes or dtypes from `abstract_state`; None if it does not."""
+  want = {leaf_name(p): (list(x.shape), str(x.dtype))
+          for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  have = {n: (list(v.get("shape", [])), v.get("dtype")) for n, v in leaves.items()}
+  if want == have:
+    return None
+  missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+  if missing or extra:
+    return (f"leaves {missing[:2] or extra[:2]} "
+            f"{'missing from' if missing else 'only in'} the checkpoint")
+  n = next(n for n in want if want[n] != have[n])
+  return f"leaf {n} is {have[n][1]}{have[n][0]} there but {want[n][1]}{want[n][0]} here"
+
+
+def failed_checksum(leaves: dict[str, dict], state: Any) -> str | None:
+  """The first leaf of `state` whose checksum is not the one in `leaves`."""
+  got = describe_state(state)
+  return next((n for n, want in leaves.items()
+               if got[n]["checksum"] != want.get("checksum")), None)
+
+
 def params_sha256(params) -> str:
   """sha256 over every parameter's bytes, in tree order (for exact-resume checks)."""
   h = hashlib.sha256()

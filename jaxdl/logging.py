@@ -31,6 +31,15 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def set_aside_metrics(workdir: str, tag: str) -> str:
+  """Renames `workdir/metrics.jsonl` to `metrics.jsonl.<tag>.<time>` (process 0)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  new = f"{path}.{tag}.{int(time.time())}"
+  if _is_chief() and os.path.exists(path):
+    os.replace(path, new)
+  return new
+
+
 def truncate_metrics(path: str, last_step: int) -> None:
   """Drops the records after `last_step` (a resumed run redoes them) and a torn
   last line."""

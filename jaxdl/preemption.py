@@ -84,6 +84,17 @@ class Watch:
       return False
     return self.signum is not None
 
+  def await_save(self, ckpt, step: int, grace_s: float, release) -> None:
+    """Waits for `ckpt`'s save in flight. Past `grace_s` seconds since the
+    signal (0: no limit) it gives up: says so, calls `release()` (the workdir
+    lock) and exits at once, keeping the checkpoints already committed."""
+    if ckpt.wait(timeout=self.time_left(grace_s)):
+      return
+    e = Preempted(step, self.signum, saved=False, kept=ckpt.latest_committed())
+    print(e, flush=True)
+    release()
+    os._exit(e.exit_code)  # pylint: disable=protected-access  (orbax's writer threads)
+
   def time_left(self, grace_s: float) -> float | None:
     """Seconds of the grace period left (None: no limit)."""
     if not grace_s or self.since is None:

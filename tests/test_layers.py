@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = [
     ("foundation", ("jaxdl", "jaxdl.configs", "jaxdl.parallel", "jaxdl.checksum",
                     "jaxdl.models", "jaxdl.ops", "jaxdl.images", "jaxdl.fid", "jaxdl.summary",
-                    "jaxdl.runtime", "jaxdl.data.errors")),
+                    "jaxdl.runtime", "jaxdl.preemption", "jaxdl.faults", "jaxdl.data.errors")),
     ("data", ("jaxdl.data",)),
     ("step", ("jaxdl.train",)),
     ("checkpoint and writers", ("jaxdl.checkpoint", "jaxdl.lock", "jaxdl.logging")),

@@ -195,11 +195,12 @@ def test_gradient_accumulation_equals_the_large_batch():
 def test_bfloat16_trains_mnist_mlp_within_half_a_percent(tmp_path, mnist_dir):
   acc = {}
   for dtype in ("float32", "bfloat16"):
+    # 3 epochs (the full 10-epoch f32 run is test_experiments' >= 0.975).
     r = single(tmp_path / dtype, 1, f"--config.data_dir={mnist_dir}", "--config.num_steps=0",
-               "--config.num_epochs=10", "--config.eval_every=0",
+               "--config.num_epochs=3", "--config.eval_every=0",
                "--config.model.kwargs.dropout=0.2", f"--config.dtype={dtype}")
     assert r.returncode == 0, r.stderr[-3000:]
     import json
     acc[dtype] = json.loads((tmp_path / dtype / "summary.json").read_text())["eval"]["accuracy"]
-  assert acc["float32"] >= 0.975
+  assert acc["float32"] >= 0.965, acc
   assert abs(acc["bfloat16"] - acc["float32"]) <= 0.005, acc

@@ -5,13 +5,12 @@ checkpointer (`jaxdl.checkpoint`) saves and verifies, the writers
 (`jaxdl.logging`) record. A workdir that holds checkpoints resumes from the
 newest that verifies (state and data position: the resumed run equals the
 uninterrupted one). Faults are in README "Reliability": one run per workdir
-(`jaxdl.lock`), a SIGKILL loses only what was not committed, a damaged
-checkpoint is moved aside for the next newest, a NaN/Inf step
-(`state.health`) stops the run or is dropped (`config.nonfinite`).
-
-Workdir: .lock, config.json, metrics.jsonl, summary.json, tensorboard/,
-NAME_<step>.png|.txt (what the task's on_evaluate returned),
-checkpoints/<step>/{state,data,meta}, checkpoints/corrupt/<step>.
+(`jaxdl.lock`), SIGTERM/SIGINT save the step and exit (`jaxdl.preemption`),
+a SIGKILL loses only what was not committed, a damaged checkpoint is moved
+aside for the next newest, a NaN/Inf step (`state.health`) stops the run or
+is dropped (`config.nonfinite`). Workdir: .lock, config.json, metrics.jsonl,
+summary.json, tensorboard/, NAME_<step>.png|.txt (what the task's
+on_evaluate returned), checkpoints/<step>/{state,data,meta}, corrupt/<step>.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -27,8 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxdl import checkpoint, configs, lock, parallel, preemption, summary as model_summary
-from jaxdl.checksum import params_sha256  # noqa: F401 (part of this API)
+from jaxdl import checkpoint, configs, faults, lock, parallel, preemption, summary as model_summary
+from jaxdl.checksum import params_sha256
 from jaxdl.lock import WorkdirError, prepare_workdir  # noqa: F401 (part of this API)
 from jaxdl import logging as jlog
 from jaxdl.data import DataError, load_dataset, pipeline, unit_images
@@ -120,12 +118,9 @@ class Run:
         raise
       for s in e.steps:
         self.checkpointer.quarantine(s)
-      log = os.path.join(self.workdir, "metrics.jsonl")
-      if jax.process_index() == 0 and os.path.exists(log):
-        os.replace(log, f"{log}.before_start_over.{int(time.time())}")
-      print(f"warning: no checkpoint of {self.checkpointer.directory} verifies; starting "
-            f"over from step 0 (config.start_over); steps {e.steps} moved to corrupt/, "
-            "metrics.jsonl to metrics.jsonl.before_start_over.*", file=sys.stderr)
+      moved = jlog.set_aside_metrics(self.workdir, "before_start_over")
+      print(f"warning: no checkpoint verifies; starting over from step 0 (config.start_over)"
+            f"; steps {e.steps} moved to corrupt/, the old metrics to {moved}", file=sys.stderr)
       state, step = None, None
     if step is None:
       if data_iterator is not None:
@@ -173,6 +168,7 @@ def train(config, workdir: str, *, stream=None, mesh=None):
 def _train(run: Run, stream, watch: preemption.Watch):
   t_start = time.perf_counter()
   cfg, engine, ckpt = run.config, run.engine, run.checkpointer
+  release = lambda: lock.release_at_exit(run.workdir)  # a preempted run's os._exit
   it = run.data_iterator()
   try:
     state, resumed = run.restore_or_init(it)
@@ -226,7 +222,7 @@ def _train(run: Run, stream, watch: preemption.Watch):
         state, metrics = engine.train_step(state, parallel.global_batch(next(it), run.mesh))
       if engine.serial:
         jax.block_until_ready(state)
-      _fault_point("step", step)
+      faults.point("step", step)
       if t_first is None:
         jax.block_until_ready(metrics)
         t_first = time.perf_counter() - t_train
@@ -250,12 +246,12 @@ def _train(run: Run, stream, watch: preemption.Watch):
             f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
       if do_ckpt:
         if stop:  # the previous save first, within the grace period
-          _wait_within_grace(watch, cfg, ckpt, step, run.workdir)
+          watch.await_save(ckpt, step, cfg.preemption_grace_s, release)
         ckpt.save(step, state, it, metrics=eval_metrics if do_eval else None)
-        _fault_point("save", step)
+        faults.point("save", step)
       if stop:
         stopped = step
-        _wait_within_grace(watch, cfg, ckpt, step, run.workdir)
+        watch.await_save(ckpt, step, cfg.preemption_grace_s, release)
         break
     ckpt.wait()
   except BaseException:
@@ -304,17 +300,6 @@ def _finished_summary(workdir: str, state) -> dict[str, Any] | None:
   return saved if parallel.agree(ok) else None
 
 
-def _wait_within_grace(watch, cfg, ckpt, step: int, workdir: str) -> None:
-  """Waits for the save in flight; past `config.preemption_grace_s` since the
-  signal, exits at once (the save in flight is dropped, committed ones kept)."""
-  if ckpt.wait(timeout=watch.time_left(cfg.preemption_grace_s)):
-    return
-  e = preemption.Preempted(step, watch.signum, saved=False, kept=ckpt.latest_committed())
-  print(e, flush=True)
-  lock.release_at_exit(workdir)
-  os._exit(e.exit_code)  # pylint: disable=protected-access  (orbax's writer threads)
-
-
 def _close_quietly(ckpt) -> None:
   try:
     ckpt.close()
@@ -322,15 +307,3 @@ def _close_quietly(ckpt) -> None:
     print(f"warning: {e}", file=sys.stderr, flush=True)
 
 
-def _fault_point(point: str, step: int) -> None:
-  """Test hook: JAXDL_FAULT_KILL='step:N' or 'save:N' SIGKILLs this process right
-  after step N is dispatched, or right after the save of step N was started;
-  'term:step:N' / 'int:save:N' send it SIGTERM / SIGINT there instead
-  (JAXDL_FAULT_PROCESS=i: only process i)."""
-  spec = os.environ.get("JAXDL_FAULT_KILL", "")
-  sig, _, at = spec.partition(":") if spec.startswith(("term:", "int:")) else ("kill", "", spec)
-  if at != f"{point}:{step}" or os.environ.get(
-      "JAXDL_FAULT_PROCESS", str(jax.process_index())) != str(jax.process_index()):
-    return
-  os.kill(os.getpid(), {"kill": signal.SIGKILL, "term": signal.SIGTERM,
-                        "int": signal.SIGINT}[sig])
