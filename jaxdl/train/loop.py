@@ -146,8 +146,8 @@ def train_and_evaluate(config, workdir: str, *, stream=None, mesh=None) -> dict[
 
 def train(config, workdir: str, *, stream=None, mesh=None):
   """(summary, run, final state). `mesh` defaults to every device. Raises
-  ConfigError / DataError / WorkdirError / WorkdirLockedError /
-  CheckpointError / NonFiniteError with one-line messages."""
+  ConfigError / DataError / WorkdirError / WorkdirLockedError / CheckpointError /
+  NonFiniteError with one-line messages, Preempted after a SIGTERM/SIGINT."""
   mesh = mesh or parallel.make_mesh()
   configs.validate(config, mesh.size)  # a bad flag must not create or lock a workdir
   workdir = prepare_workdir(workdir)
