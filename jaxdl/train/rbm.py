@@ -299,8 +299,7 @@ class DBNTask(Task):
 
     phase = self.phase(state.step)
     branches = [pretrain(k) for k in range(self.num_layers)] + [finetune]
-    params, opt_state, metrics = jax.lax.switch(phase, branches,
-                                                (state.params, state.opt_state))
+    params, opt_state, metrics = ctx.switch(phase, branches, (state.params, state.opt_state))
     metrics["phase"] = phase.astype(jnp.float32)
     return state.replace(params=params, opt_state=opt_state), metrics
 

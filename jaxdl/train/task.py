@@ -18,8 +18,9 @@ supplies pure functions:
       override where the algorithm needs its own update (alternating G/D,
       CD-k): `ctx.grads(loss_fn, ...)` / `ctx.accumulate(grad_fn, ...)` give
       accumulated gradients in the compute dtype, `ctx.apply(group, ...)` the
-      group's optimizer step (see `jaxdl.train.engine.StepContext`). Leave
-      `step`, `rng` and `health` to the engine.
+      group's optimizer step (see `jaxdl.train.engine.StepContext`; inside
+      a `lax.switch`, use `ctx.switch`). Leave `step`, `rng` and `health` to
+      the engine.
   loss_weight(batch) -> what the batch's loss is a mean over (rows by
       default, target tokens for the language model): micro-batches of an
       accumulated step are weighted by it, so that an accumulated step equals
