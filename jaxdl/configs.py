@@ -86,6 +86,14 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_field(config, key: str, value) -> None:
+  """config['a.b.c'] = value for a dotted `key` (as --config.a.b.c=value)."""
+  *path, leaf = key.split(".")
+  for part in path:
+    config = config[part]
+  config[leaf] = value
+
+
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:
   """A saved config (a run's config.json) over `base_config()`: a field that an
   older jaxdl did not write takes today's default."""

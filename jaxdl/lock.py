@@ -228,16 +228,6 @@ class WorkdirLock:
     self.release()
 
 
-def release_at_exit(workdir: str) -> None:
-  """Removes the workdir's lock if this process holds it (before os._exit)."""
-  info = holder(workdir)
-  if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-    try:
-      os.unlink(os.path.join(os.path.abspath(workdir), LOCK_NAME))
-    except FileNotFoundError:
-      pass
-
-
 def holder(workdir: str) -> dict[str, Any] | None:
   """The lock's record, or None if the workdir is not locked."""
   path = os.path.join(os.path.abspath(workdir), LOCK_NAME)

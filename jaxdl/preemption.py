@@ -45,9 +45,11 @@ class Preempted(Exception):
 
 
 class Watch:
-  """Context manager: SIGTERM / SIGINT handlers for the life of a run."""
+  """Context manager: SIGTERM / SIGINT handlers for the life of a run.
+  `release` (the workdir lock's) is called before a grace-period exit."""
 
-  def __init__(self):
+  def __init__(self, release=lambda: None):
+    self._release = release
     self.signum: int | None = None
     self.since: float | None = None  # time.monotonic() of the first signal
     self._multi = jax.process_count() > 1
@@ -84,15 +86,15 @@ class Watch:
       return False
     return self.signum is not None
 
-  def await_save(self, ckpt, step: int, grace_s: float, release) -> None:
+  def await_save(self, ckpt, step: int, grace_s: float) -> None:
     """Waits for `ckpt`'s save in flight. Past `grace_s` seconds since the
-    signal (0: no limit) it gives up: says so, calls `release()` (the workdir
-    lock) and exits at once, keeping the checkpoints already committed."""
+    signal (0: no limit) it gives up: says so, releases the lock and exits at
+    once, keeping the checkpoints already committed."""
     if ckpt.wait(timeout=self.time_left(grace_s)):
       return
     e = Preempted(step, self.signum, saved=False, kept=ckpt.latest_committed())
     print(e, flush=True)
-    release()
+    self._release()
     os._exit(e.exit_code)  # pylint: disable=protected-access  (orbax's writer threads)
 
   def time_left(self, grace_s: float) -> float | None:

@@ -152,13 +152,10 @@ def registry_bench(name: str) -> Bench:
 
   def make():
     import ml_collections  # pylint: disable=g-import-not-at-top
+    from jaxdl.configs import set_field  # pylint: disable=g-import-not-at-top
     c = importlib.import_module(f"experiments.configs.{experiment}").get_config()
     for key, v in example.items():
-      *path, leaf = key.split(".")
-      node = c
-      for part in path:
-        node = node[part]
-      node[leaf] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+      set_field(c, key, ml_collections.ConfigDict(v) if isinstance(v, dict) else v)
     return c
 
   c = make()

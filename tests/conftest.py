@@ -6,6 +6,7 @@ import pathlib
 import jax
 
 from jaxdl import runtime
+from jaxdl.configs import set_field  # noqa: F401 (the tests import it from here)
 
 runtime.patient_cpu_collectives()  # in-process tests and every subprocess they start
 runtime.quiet_checkpoint_echoes()
@@ -39,14 +40,6 @@ def fashion_mnist_dir():
     pytest.skip(f"real Fashion-MNIST files not found in {d} (../shared/data, or set "
                 "JAXDL_SHARED_DATA)")
   return str(d)
-
-
-def set_field(config, key: str, value) -> None:
-  """config['a.b.c'] = value for a dotted `key` (as --config.a.b.c=value)."""
-  *path, leaf = key.split(".")
-  for part in path:
-    config = config[part]
-  config[leaf] = value
 
 
 def digits_mlp_config(**overrides):

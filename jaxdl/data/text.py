@@ -125,13 +125,11 @@ class Tokenizer:
       with open(path, encoding="utf-8") as f:
         d = json.load(f)
       tok = cls(int(d["num_words"]), d["words"])
-      ok = "sha256" not in d or d["sha256"] == _sha256_of(tok._record())  # (older runs: none)
     except (ValueError, KeyError, TypeError) as e:
-      ok, why = False, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-    else:
-      why = "its sha256 does not match its content"
-    if not ok:
-      raise DataError(f"{path} is damaged ({why})")
+      raise DataError(f"{path} is damaged ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:80]})") from None
+    if "sha256" in d and d["sha256"] != _sha256_of(tok._record()):  # (older runs: none)
+      raise DataError(f"{path} is damaged (its sha256 does not match its content)")
     return tok
 
 

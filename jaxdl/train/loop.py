@@ -151,8 +151,8 @@ def train(config, workdir: str, *, stream=None, mesh=None):
   mesh = mesh or parallel.make_mesh()
   configs.validate(config, mesh.size)  # a bad flag must not create or lock a workdir
   workdir = prepare_workdir(workdir)
-  with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0), \
-      preemption.Watch() as watch:
+  with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0) as held, \
+      preemption.Watch(release=held.release) as watch:
     try:
       return _train(Run(config, workdir, mesh=mesh), stream, watch)
     except OSError as e:
@@ -168,7 +168,6 @@ def train(config, workdir: str, *, stream=None, mesh=None):
 def _train(run: Run, stream, watch: preemption.Watch):
   t_start = time.perf_counter()
   cfg, engine, ckpt = run.config, run.engine, run.checkpointer
-  release = lambda: lock.release_at_exit(run.workdir)  # a preempted run's os._exit
   it = run.data_iterator()
   try:
     state, resumed = run.restore_or_init(it)
@@ -246,12 +245,12 @@ def _train(run: Run, stream, watch: preemption.Watch):
             f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())))
       if do_ckpt:
         if stop:  # the previous save first, within the grace period
-          watch.await_save(ckpt, step, cfg.preemption_grace_s, release)
+          watch.await_save(ckpt, step, cfg.preemption_grace_s)
         ckpt.save(step, state, it, metrics=eval_metrics if do_eval else None)
         faults.point("save", step)
       if stop:
         stopped = step
-        watch.await_save(ckpt, step, cfg.preemption_grace_s, release)
+        watch.await_save(ckpt, step, cfg.preemption_grace_s)
         break
     ckpt.wait()
   except BaseException:

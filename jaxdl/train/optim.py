@@ -55,7 +55,10 @@ def complete(cfg: Any) -> ml_collections.ConfigDict:
 
 
 def make_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
-  cfg = complete(cfg)
+  return _schedule(complete(cfg), total_steps)
+
+
+def _schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   lr = float(cfg.learning_rate)
   kind = cfg.schedule
   decay_steps = int(cfg.decay_steps or total_steps)
@@ -98,7 +101,7 @@ def make_optimizer(cfg: Any, total_steps: int = 0
   """
   cfg = complete(cfg)
   name = cfg.name
-  schedule = make_schedule(cfg, total_steps)
+  schedule = _schedule(cfg, total_steps)
   if name == "sgd":
     opt = optax.sgd(schedule)
   elif name in ("momentum", "nesterov"):
