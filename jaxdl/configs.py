@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.normalize = ml_collections.ConfigDict(dict(mean=(), std=()))
   c.async_checkpoints = True
   c.tensorboard = True
+  c.plots = True              # curves.png and confusion_matrix.png, drawn after training
   c.nonfinite = "stop"        # NaN/Inf loss or grads: 'stop' the run, or 'skip' the update
   # SIGTERM/SIGINT: the step is saved before exiting; if that save is not
   # committed this many seconds after the signal, exit keeping the previous

@@ -143,8 +143,10 @@ def _main(argv) -> None:
   from jaxdl.train.loop import NonFiniteError, WorkdirError, train  # pylint: disable=g-import-not-at-top
   try:
     summary, run, state = train(FLAGS.config, FLAGS.workdir)
-    if summary["resumed_from"] != summary["final_step"]:  # not a finished run relaunched
-      # The figures, after training: curves.png, and the confusion matrix of classifiers.
+    # The figures, after training: curves.png, and the confusion matrix of
+    # classifiers (an extra pass over the test split); not for a finished run
+    # relaunched.
+    if FLAGS.config.plots and summary["resumed_from"] != summary["final_step"]:
       plots.write_run_plots(run.workdir, evaluate.run_confusion(run, state),
                             shown=run.task.shown_metrics)
   except (ConfigError, DataError, WorkdirError, CheckpointError, NonFiniteError,

@@ -11,10 +11,17 @@ from conftest import REPO
 PY = sys.executable
 
 
-def run_experiment(module, *args, env=None, patch_sha=None, timeout=600):
+# The figures drawn after training (matplotlib, and a pass over the test split
+# for the confusion matrix) cost a launch about 1.5 s: only the tests that look
+# at them ask for them (plots=True).
+NO_PLOTS = "--config.plots=False"
+
+
+def run_experiment(module, *args, env=None, patch_sha=None, timeout=600, plots=False):
   """Runs `python -m experiments.<module> args...`; `patch_sha` ({'jaxdl.data.sources.
   KNOWN_SHA256': {key: sha256}}) registers the sha256 of generated dataset files
   first (the reading code is unchanged)."""
+  args = args if plots else (*args, NO_PLOTS)
   env = dict(os.environ, **(env or {}))
   env.setdefault("JAXDL_COMPILATION_CACHE", str(REPO / ".pytest_cache" / "xla"))
   if patch_sha:

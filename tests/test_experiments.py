@@ -16,13 +16,14 @@ CIFAR_SHA = "jaxdl.data.sources.KNOWN_SHA256"
 def test_quickstart_reaches_095_on_digits(tmp_path):
   # The README's first command, with the run's folder moved to tmp.
   r = run_experiment("cifar_cnn", "--flagfile=experiments/flagfiles/quickstart.flags",
-                     f"--workdir={tmp_path}")
+                     f"--workdir={tmp_path}", plots=True)
   assert r.returncode == 0, r.stderr[-3000:]
   s = summary(tmp_path)
   assert s["eval"]["accuracy"] >= 0.95, s
   assert "done: step" in r.stdout
   # The workdir holds what the README promises.
-  for name in ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints"):
+  for name in ("config.json", "metrics.jsonl", "summary.json", "tensorboard", "checkpoints",
+               "curves.png", "confusion_matrix.png", "model_summary.txt"):
     assert (tmp_path / name).exists(), name
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert {r["split"] for r in records} == {"train", "eval"}
@@ -52,6 +53,8 @@ def test_cifar_cnn_runs_end_to_end_on_generated_official_files(tmp_path):
   s = summary(wd)
   assert s["final_step"] == 20 and 0.0 <= s["eval"]["accuracy"] <= 1.0
   assert s["num_params"] == 122570  # the Keras CIFAR-10 tutorial CNN
+  # run_experiment passes --config.plots=False: no figures, the rest as usual
+  assert not list(wd.glob("*.png")) and (wd / "model_summary.txt").exists()
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -24,7 +24,7 @@ QUICK_ARGS = ["--flagfile=experiments/flagfiles/quickstart.flags",
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
   wd = tmp_path_factory.mktemp("digits_run")
-  r = run_experiment("cifar_cnn", *QUICK_ARGS, f"--workdir={wd}")
+  r = run_experiment("cifar_cnn", *QUICK_ARGS, f"--workdir={wd}", plots=True)
   assert r.returncode == 0, r.stderr[-3000:]
   return wd
 

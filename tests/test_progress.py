@@ -5,7 +5,7 @@ import pty
 import subprocess
 
 from conftest import REPO
-from runner import PY
+from runner import NO_PLOTS, PY
 
 
 def test_progress_bar_on_a_pseudo_terminal_updates_in_place(tmp_path):
@@ -15,7 +15,8 @@ def test_progress_bar_on_a_pseudo_terminal_updates_in_place(tmp_path):
   proc = subprocess.Popen(
       [PY, "-m", "experiments.mnist_mlp", "--config.dataset=digits",
        "--config.num_epochs=0", "--config.num_steps=400", "--config.batch_size=32",
-       "--config.eval_every=400", "--config.log_every=100", f"--workdir={tmp_path}"],
+       "--config.eval_every=400", "--config.log_every=100", NO_PLOTS,
+       f"--workdir={tmp_path}"],
       cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
   os.close(slave)
   out = b""

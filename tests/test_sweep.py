@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from runner import NO_PLOTS
 
 _spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "sweep.py")
 sweep = importlib.util.module_from_spec(_spec)
@@ -53,7 +54,7 @@ def test_two_point_sweep_runs_and_ranks(tmp_path):
          # passed to every point: tiny MLP on the bundled digits, 40 steps
          "--config.dataset=digits", "--config.model.kwargs.hidden=(32,)",
          "--config.num_epochs=0", "--config.num_steps=40", "--config.batch_size=32",
-         "--config.log_every=20"]
+         "--config.log_every=20", NO_PLOTS]
   env = {"JAXDL_COMPILATION_CACHE": str(REPO / ".pytest_cache" / "xla")}
   r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                      env=dict(os.environ, **env))

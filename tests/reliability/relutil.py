@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+from runner import NO_PLOTS  # pylint: disable=g-bad-import-order
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PY = sys.executable
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -24,6 +26,7 @@ def launch_cmd(module: str, *args, patch: dict | None = None,
   write past it fails with EFBIG, like a full disk; SIGXFSZ is ignored so it
   does not kill the process).
   """
+  args = (*args, NO_PLOTS)  # (no test here looks at the figures)
   if not patch and fsize is None:
     return [PY, "-m", f"experiments.{module}", *args]
   code = ["import importlib, runpy, sys"]
