@@ -7,6 +7,7 @@ import io
 import os
 import pathlib
 import pickle
+import subprocess
 import sys
 import tarfile
 import time
@@ -95,16 +96,24 @@ def test_real_truncated_download_fails_hash(mnist_dir, tmp_path):
 # digits.
 
 
-def test_digits_split_is_fixed_and_exact():
-  train, test, info = load_image_dataset("digits", "/ignored")
+def test_digits_split_is_fixed_and_exact(tmp_path):
+  cache = str(tmp_path / "cache")
+  train, test, info = load_image_dataset("digits", "/ignored", cache_dir=cache)
   assert (len(train), len(test)) == (1437, 360)
   assert train.arrays[0].shape[1:] == (8, 8, 1) and info["input_shape"] == (8, 8, 1)
-  # Same split again, also after dropping the cache (fixed random_state).
-  sources._digits_arrays.cache_clear()
-  train2, test2, _ = load_image_dataset("digits", None)
-  for s, s2 in ((train, train2), (test, test2)):
-    np.testing.assert_array_equal(s.arrays[0], s2.arrays[0])
-    np.testing.assert_array_equal(s.arrays[1], s2.arrays[1])
+  # Same split again: from the disk cache, from scikit-learn with the cache
+  # off, and after a damaged cache entry (made again).
+  entry = tmp_path / "cache" / "digits.npz"
+  assert entry.exists()
+  for cache_dir, damage in ((cache, False), ("none", False), (cache, True)):
+    if damage:
+      entry.write_bytes(entry.read_bytes()[:500])
+    sources._digits_arrays.cache_clear()
+    train2, test2, _ = load_image_dataset("digits", None, cache_dir=cache_dir)
+    for s, s2 in ((train, train2), (test, test2)):
+      np.testing.assert_array_equal(s.arrays[0], s2.arrays[0])
+      np.testing.assert_array_equal(s.arrays[1], s2.arrays[1])
+  assert entry.stat().st_size > 500  # rewritten whole
   # Exact scaling 0..16 -> round(v * 255 / 16), all 1797 images kept.
   from sklearn import datasets, model_selection
   bunch = datasets.load_digits()
@@ -119,6 +128,16 @@ def test_digits_split_is_fixed_and_exact():
   # Stratified: every class has 35..37 test examples.
   counts = np.bincount(test.arrays[1], minlength=10)
   assert counts.min() >= 35 and counts.max() <= 37
+
+
+def test_cached_digits_load_without_importing_sklearn(tmp_path):
+  # What the cache is for: a launch on digits skips scikit-learn's ~1 s import.
+  load = (f"from jaxdl.data import sources; "
+          f"sources.load_image_dataset('digits', None, cache_dir={str(tmp_path)!r}); "
+          "import sys; print('sklearn' in sys.modules)")
+  runs = [subprocess.run([sys.executable, "-c", load], capture_output=True, text=True,
+                         timeout=120) for _ in range(2)]
+  assert [r.stdout.strip() for r in runs] == ["True", "False"], runs[-1].stderr[-2000:]
 
 
 # --------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import hashlib
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxdl.data import cache
 from jaxdl.data.errors import DataError
 from jaxdl.data.arrays import ArraySource, _info, _one_line
 
@@ -319,51 +319,14 @@ def _decode_images(dataset: str, paths: list[str], color_mode: str, size,
 
 
 # ---------------------------------------------------------------------------
-# The on-disk cache.
+# The on-disk cache (`jaxdl.data.cache`): one entry per (folder, options), so a
+# changed folder overwrites its entry.
+
+default_cache_dir = cache.default_cache_dir
 
 
-def default_cache_dir() -> str:
-  """$XDG_CACHE_HOME/jaxdl/datasets, or ~/.cache/jaxdl/datasets."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "jaxdl", "datasets")
-
-
-def _cache_path(cache_dir: str, root: str, options: str) -> str:
-  # One entry per (folder, options): a changed folder overwrites its entry.
-  name = hashlib.sha256(f"{root}\0{options}".encode()).hexdigest()[:20]
-  return os.path.join(cache_dir, f"image_folder-{name}.npz")
-
-
-def _read_cache(path: str, key: str) -> dict[str, np.ndarray] | None:
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      if str(z["key"]) != key:
-        return None
-      return {k: z[k] for k in z.files}
-  except FileNotFoundError:
-    return None
-  except Exception as e:  # pylint: disable=broad-except
-    # A damaged entry is decoded again (and rewritten), never trusted.
-    logging.warning("ignoring unreadable dataset cache %s (%s)", path, e)
-    return None
-
-
-def _write_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """temp file + os.replace: readers see the old entry or the whole new one."""
-  tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # hosts may share the folder
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except OSError as e:
-    # An unwritable or full cache folder must not stop training: decode next time.
-    logging.warning("could not write the dataset cache %s (%s); pass "
-                    "--config.cache_dir=DIR to put it elsewhere", path, e)
-    try:
-      os.remove(tmp)
-    except OSError:
-      pass
+def _cache_name(root: str, options: str) -> str:
+  return "image_folder-" + hashlib.sha256(f"{root}\0{options}".encode()).hexdigest()[:20] + ".npz"
 
 
 # Decoded folders of this process, by content key (tests, reference images).
@@ -409,21 +372,18 @@ def load_image_folder(data_dir: str | None, *, image_size: Sequence[int] | None 
   options = f"size={size} color_mode={color_mode!r}"
   key = f"{listing.digest} {options}"
   arrays = _MEMO.get(key)
-  path = None
-  if cache_dir != "none" and cache_dir is not None:
-    path = _cache_path(os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir())),
-                       listing.root, options)
+  path = cache.entry_path(cache_dir, _cache_name(listing.root, options))
   if arrays is None and path:
-    arrays = _read_cache(path, key)
+    arrays = cache.read(path, key)
   if arrays is None:
     paths = listing.paths["train"] + listing.paths["test"]
     x = _decode_images(dataset, paths, color_mode, size, workers)
     n = len(listing.paths["train"])
-    arrays = {"key": np.array(key), "class_names": np.array(listing.class_names),
+    arrays = {"class_names": np.array(listing.class_names),
               "train_x": x[:n], "train_y": listing.labels["train"],
               "test_x": x[n:], "test_y": listing.labels["test"]}
     if path:
-      _write_cache(path, arrays)
+      cache.write(path, key, arrays)
   _MEMO[key] = arrays
   _MEMO.move_to_end(key)
   while len(_MEMO) > 2:

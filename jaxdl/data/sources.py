@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxdl.data import cache
 from jaxdl.data.arrays import ArraySource, _info, _one_line  # noqa: F401 (re-exported)
 from jaxdl.data.errors import DataError
 
@@ -306,22 +307,44 @@ def _load_cifar10(data_dir: str | None):
 # scikit-learn digits
 
 
-@functools.lru_cache(maxsize=1)
-def _digits_arrays():
+DIGITS_SHAPES = {"train_x": (1437, 8, 8, 1), "train_y": (1437,),
+                 "test_x": (360, 8, 8, 1), "test_y": (360,)}
+
+
+def _split_digits() -> dict[str, np.ndarray]:
   from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
   bunch = datasets.load_digits()
   # 17 grey levels 0..16 -> 0..255 (16 -> 255), exact and deterministic.
   x = np.round(bunch.images * (255 / 16)).astype(np.uint8)[..., None]
   y = bunch.target.astype(np.int32)
   # Fixed split: 20% test, stratified by class, random_state=0 (1437 / 360).
-  return model_selection.train_test_split(
+  xtr, xte, ytr, yte = model_selection.train_test_split(
       x, y, test_size=0.2, random_state=0, stratify=y)
+  return {"train_x": xtr, "train_y": ytr, "test_x": xte, "test_y": yte}
 
 
-def _load_digits():
-  xtr, xte, ytr, yte = _digits_arrays()
-  return (ArraySource(xtr, ytr, name="digits:train"),
-          ArraySource(xte, yte, name="digits:test"),
+@functools.lru_cache(maxsize=2)
+def _digits_arrays(cache_dir: str | None) -> dict[str, np.ndarray]:
+  """scikit-learn's digits and their fixed split. Importing scikit-learn costs
+  a launch about a second, so the split is kept in the dataset cache, under
+  scikit-learn's version (a damaged or foreign entry is made again)."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  key = (f"digits scikit-learn {importlib.metadata.version('scikit-learn')} "
+         "test_size=0.2 random_state=0 stratified")
+  path = cache.entry_path(cache_dir, "digits.npz")
+  arrays = cache.read(path, key) if path else None
+  if arrays is None or any(arrays.get(k, np.empty(0)).shape != shape
+                           for k, shape in DIGITS_SHAPES.items()):
+    arrays = _split_digits()
+    if path:
+      cache.write(path, key, arrays)
+  return {k: arrays[k] for k in DIGITS_SHAPES}
+
+
+def _load_digits(cache_dir: str | None = ""):
+  a = _digits_arrays(cache_dir)
+  return (ArraySource(a["train_x"], a["train_y"], name="digits:train"),
+          ArraySource(a["test_x"], a["test_y"], name="digits:test"),
           _info("digits", (8, 8, 1), DIGIT_NAMES))
 
 
@@ -403,8 +426,10 @@ def load_image_dataset(name: str, data_dir: str | None, *,
     tfds_name: for name='tfds', the tfds dataset ('mnist', 'cifar10:3.0.2',
       ...) already prepared in array_record format; never downloaded here.
     tfds_splits: for name='tfds', the (train, test) split names.
-    image_size, color_mode, cache_dir: for name='image_folder', see
+    image_size, color_mode: for name='image_folder', see
       `jaxdl.data.folders.load_image_folder`.
+    cache_dir: the dataset cache ('' = `jaxdl.data.cache.default_cache_dir()`,
+      'none' = off): decoded image folders, and the digits split.
 
   Returns:
     (train, test, info): two sources and
@@ -414,7 +439,7 @@ def load_image_dataset(name: str, data_dir: str | None, *,
     DataError: unknown name, or files missing, truncated or corrupt.
   """
   if name == "digits":
-    return _load_digits()
+    return _load_digits(cache_dir)
   if name in ("mnist", "fashion_mnist"):
     return _load_idx(name, data_dir)
   if name == "cifar10":
