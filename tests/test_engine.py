@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdl import parallel
+from jaxdl.ops import platform
 from jaxdl.configs import base_config
 from jaxdl.train import optim
 from jaxdl.train.classification import ClassificationTask
@@ -86,6 +87,21 @@ def test_init_is_deterministic_and_sharded():
     np.testing.assert_array_equal(x, y)
   assert any(not np.array_equal(x, y) for x, y in
              zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+def test_init_compiles_faster_on_cpu_with_the_same_values():
+  # platform.init_compiler_options: LLVM -O1 for the run-once init, on CPU only.
+  assert platform.init_compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+  assert platform.init_compiler_options("gpu") is None
+  assert platform.init_compiler_options("tpu") is None
+  task = ClassificationTask(_config("cnn", features=(8, 16), dense=16, padding="SAME"),
+                            {"num_classes": 10})
+  engine = Engine(task, parallel.make_mesh(jax.devices()[:1]), _batch())
+  key = jax.random.split(jax.random.PRNGKey(3))[0]  # the engine's init key for seed 3
+  want = jax.jit(lambda k: task.init(k, engine._example))(key)  # XLA's defaults (-O3)
+  got = engine.init_state(3)
+  for x, y in zip(jax.tree.leaves(want), jax.tree.leaves((got.params, got.model_state))):
+    np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("name", optim.OPTIMIZERS)
