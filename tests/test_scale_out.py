@@ -3,6 +3,7 @@ cross-topology restores, gradient accumulation and bfloat16 compute."""
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, build_once
+from runner import NO_PLOTS
 from jaxdl import parallel, runs
 from jaxdl.configs import base_config
 from jaxdl.train.classification import ClassificationTask
@@ -25,7 +27,7 @@ PY = sys.executable
 # turns a 1-ulp difference of a near-zero gradient into a visible step.
 MNIST_ARGS = ["--flagfile=experiments/flagfiles/mnist_mlp.flags", "--config.num_epochs=0",
               "--config.num_steps=40", "--config.eval_every=20", "--config.log_every=20",
-              "--config.model.kwargs.dropout=0.0"]
+              "--config.model.kwargs.dropout=0.0", NO_PLOTS]
 
 
 def _env():
@@ -61,18 +63,17 @@ def assert_close(a, b, tol):
 
 @pytest.fixture(scope="module")
 def reference_runs(tmp_path_factory, mnist_dir):
-  base = tmp_path_factory.mktemp("scale")
   data = f"--config.data_dir={mnist_dir}"
-  out = {}
-  for name, devices in (("1x1", 1), ("1x4", 4)):
-    r = single(base / name, devices, data)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out[name] = base / name
-  r = multi(base / "2x2", 2, 2, data)
-  assert r.returncode == 0, r.stdout[-3000:]
-  out["2x2"] = base / "2x2"
-  out["data"] = data
-  return out
+
+  def build(base):
+    for name, devices in (("1x1", 1), ("1x4", 4)):
+      r = single(base / name, devices, data)
+      assert r.returncode == 0, r.stderr[-3000:]
+    r = multi(base / "2x2", 2, 2, data)
+    assert r.returncode == 0, r.stdout[-3000:]
+
+  base, _ = build_once(tmp_path_factory, "scale_out_reference", build)
+  return {"1x1": base / "1x1", "1x4": base / "1x4", "2x2": base / "2x2", "data": data}
 
 
 def test_two_processes_equal_one_process(reference_runs):
@@ -84,14 +85,23 @@ def test_two_processes_equal_one_process(reference_runs):
   assert_close(p22, p11, 1e-5)
 
 
-@pytest.mark.parametrize("devices", [1, 4])
-def test_checkpoint_from_2x2_continues_on_another_topology(tmp_path, reference_runs, devices):
-  wd = tmp_path / "run"
+@pytest.fixture(scope="module")
+def killed_2x2(tmp_path_factory, reference_runs):
   # 2 processes x 2 devices, killed after step 30 (last checkpoint: 20, saved
   # synchronously so that it is committed by then however loaded the machine is).
-  r = multi(wd, 2, 2, reference_runs["data"], "--config.async_checkpoints=False",
-            env={"JAXDL_FAULT_KILL": "step:30"})
-  assert r.returncode != 0
+  def build(base):
+    r = multi(base / "run", 2, 2, reference_runs["data"], "--config.async_checkpoints=False",
+              env={"JAXDL_FAULT_KILL": "step:30"})
+    assert r.returncode != 0
+
+  return build_once(tmp_path_factory, "scale_out_killed_2x2", build)[0] / "run"
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_checkpoint_from_2x2_continues_on_another_topology(tmp_path, reference_runs, killed_2x2,
+                                                           devices):
+  wd = tmp_path / "run"
+  shutil.copytree(killed_2x2, wd)  # each topology resumes its own copy
   r = single(wd, devices, reference_runs["data"])
   assert r.returncode == 0, r.stderr[-3000:]
   assert "resumed from step 20" in r.stdout
