@@ -76,9 +76,19 @@ def _unknown_config_field(argv, default_config: str) -> str | None:
   return None
 
 
+def _config_load_error(e: OSError) -> str:
+  """The line for a --config=FILE that failed to load (ml_collections raises
+  it when the config is first used: by a --config.a=... override, or later)."""
+  m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
+  return (f"cannot load --config={m.group(2)} ({m.group(1)})" if m else
+          (str(e).splitlines() or [type(e).__name__])[0])
+
+
 def _usage_error(e: Exception, argv, default_config: str) -> str | None:
   """The one line for a command line absl or ml_collections refused, or None
   for an error that is not about the command line."""
+  if isinstance(e, OSError) and "config file" in str(e):
+    return _config_load_error(e)
   if isinstance(e, flags.CantOpenFlagFileError):
     m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
     if m:
@@ -122,9 +132,7 @@ def _main(argv) -> None:
   try:
     FLAGS.config.keys()  # a --config=FILE that failed to load raises only when used
   except OSError as e:
-    m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
-    print(f"error: cannot load --config={m.group(2)} ({m.group(1)})" if m else
-          f"error: {(str(e).splitlines() or [type(e).__name__])[0]}", file=sys.stderr)
+    print(f"error: {_config_load_error(e)}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
   if not FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO

@@ -150,6 +150,9 @@ def test_relaunched_finished_run_prints_its_result_and_keeps_its_summary(tmp_pat
      "error: cannot read --flagfile=/nonexistent.flags (No such file or directory)"),
     (["--config=/nonexistent.py"],
      "error: cannot load --config=/nonexistent.py (No such file or directory)"),
+    # an override of the missing file's fields fails first (when parsed)
+    (["--config=/nonexistent.py", "--config.batch_size=8"],
+     "error: cannot load --config=/nonexistent.py (No such file or directory)"),
 ])
 def test_bad_config_field_or_flagfile_is_one_line(tmp_path, args, want):
   r = relutil.run("mnist_mlp", *args, f"--workdir={tmp_path / 'w'}")
