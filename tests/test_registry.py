@@ -123,13 +123,18 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(task, tmp_path, monke
   assert all(np.isfinite(float(v)) for k, v in metrics.items() if k != "health")
 
 
+# The whole-batch step of the accumulation test is the NaN test's program (one
+# compile between them, through the compilation cache): batch 128, 'skip'.
+GUARDED = {"batch": 128, "nonfinite": "skip"}
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_four_accumulated_micro_batches_equal_one_whole_batch(task, tmp_path, monkeypatch):
   name, overrides = TASKS[task]
   start = 2 if task == "dbn" else 0  # past both RBMs: fine-tuning (no Gibbs sampling)
-  _, _, (whole, _) = _one_step(name, overrides, tmp_path / "a", monkeypatch, batch=128,
+  _, _, (whole, _) = _one_step(name, overrides, tmp_path / "a", monkeypatch, **GUARDED,
                                start=start)
-  _, _, (accum, _) = _one_step(name, overrides, tmp_path / "b", monkeypatch, batch=128,
+  _, _, (accum, _) = _one_step(name, overrides, tmp_path / "b", monkeypatch, **GUARDED,
                                start=start, grad_accum_steps=4)
   a, b = parallel.to_host(whole.params), parallel.to_host(accum.params)
   if task in RANDOM_PER_MICRO_BATCH:
@@ -145,7 +150,7 @@ def test_four_accumulated_micro_batches_equal_one_whole_batch(task, tmp_path, mo
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_a_nan_input_is_guarded_for_every_task(task, tmp_path, monkeypatch):
   name, overrides = TASKS[task]
-  run, state, _ = _one_step(name, overrides, tmp_path, monkeypatch, nonfinite="skip")
+  run, state, _ = _one_step(name, overrides, tmp_path, monkeypatch, **GUARDED)
   batch = dict(run.batches(0))
   if batch["inputs"].dtype.kind == "i":  # token ids: poison the embedding instead
     params = jax.tree.map(lambda x: x.copy(), parallel.to_host(state.params))
