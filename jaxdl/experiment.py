@@ -76,23 +76,27 @@ def _unknown_config_field(argv, default_config: str) -> str | None:
   return None
 
 
+def _file_error(e: Exception) -> tuple[str, str] | None:
+  """(reason, path) from the "[Errno N] reason: 'path'" in `e`'s message."""
+  m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
+  return (m.group(1), m.group(2)) if m else None
+
+
 def _config_load_error(e: OSError) -> str:
   """The line for a --config=FILE that failed to load (ml_collections raises
   it when the config is first used: by a --config.a=... override, or later)."""
-  m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
-  return (f"cannot load --config={m.group(2)} ({m.group(1)})" if m else
+  f = _file_error(e)
+  return (f"cannot load --config={f[1]} ({f[0]})" if f else
           (str(e).splitlines() or [type(e).__name__])[0])
 
 
 def _usage_error(e: Exception, argv, default_config: str) -> str | None:
   """The one line for a command line absl or ml_collections refused, or None
   for an error that is not about the command line."""
-  if isinstance(e, OSError) and "config file" in str(e):
+  if isinstance(e, OSError):  # while parsing: only the --config file raises it
     return _config_load_error(e)
-  if isinstance(e, flags.CantOpenFlagFileError):
-    m = re.search(r"\[Errno \d+\] ([^:]+): '(.*)'", str(e))
-    if m:
-      return f"cannot read --flagfile={m.group(2)} ({m.group(1)})"
+  if isinstance(e, flags.CantOpenFlagFileError) and (f := _file_error(e)):
+    return f"cannot read --flagfile={f[1]} ({f[0]})"
   try:
     argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
   except flags.Error:

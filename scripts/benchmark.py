@@ -148,16 +148,7 @@ def registry_bench(name: str) -> Bench:
   examples()`: experiment config + overrides), on random data shaped like
   the experiment's dataset, at the experiment's batch size."""
   from jaxdl import models  # pylint: disable=g-import-not-at-top
-  experiment, example = models.examples()[name]
-
-  def make():
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    from jaxdl.configs import set_field  # pylint: disable=g-import-not-at-top
-    c = importlib.import_module(f"experiments.configs.{experiment}").get_config()
-    for key, v in example.items():
-      set_field(c, key, ml_collections.ConfigDict(v) if isinstance(v, dict) else v)
-    return c
-
+  make = lambda: models.example_config(name)  # noqa: E731
   c = make()
   labels = c.task in ("classification", "dbn")
   if c.dataset in _DATASET_SHAPES:

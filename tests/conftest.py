@@ -1,8 +1,6 @@
 """Test session: 4 simulated CPU devices so sharding is exercised on CPU."""
 
-import contextlib
 import fcntl
-import json
 import os
 import pathlib
 import shutil
@@ -78,21 +76,21 @@ def task_steps(task, example, total_steps=0):
   return engine.init_state(0), step
 
 
-def build_once(tmp_path_factory, name: str, build):
-  """`build(folder) -> JSON-able result`, run once per test session however
+def build_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+  """The folder `build(folder)` filled, built once per test session however
   many pytest-xdist workers ask (the first builds under a file lock, the others
   wait and reuse it): for expensive module fixtures that launch runs, which
   `-n 2` would otherwise build on both workers. Users treat the folder as
-  read-only (copy it to change it). Returns (folder, result)."""
+  read-only (copy it to change it)."""
   base = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     base = base.parent  # shared by the session's workers
-  folder, done = base / f"once-{name}", base / f"once-{name}.json"
+  folder, done = base / f"once-{name}", base / f"once-{name}.done"
   with open(base / f"once-{name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not done.exists():
-      with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(folder)  # a build that failed part-way
+      shutil.rmtree(folder, ignore_errors=True)  # a build that failed part-way
       folder.mkdir()
-      done.write_text(json.dumps(build(folder)))
-    return folder, json.loads(done.read_text())
+      build(folder)
+      done.touch()
+  return folder

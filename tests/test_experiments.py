@@ -10,7 +10,7 @@ import pytest
 from datagen import write_cifar10_binary
 from runner import run_experiment, summary
 
-CIFAR_SHA = "jaxdl.data.sources.KNOWN_SHA256"
+CIFAR_SHA = "jaxdl.data.sources:KNOWN_SHA256"
 
 
 def test_quickstart_reaches_095_on_digits(tmp_path):
@@ -48,7 +48,7 @@ def test_cifar_cnn_runs_end_to_end_on_generated_official_files(tmp_path):
   r = run_experiment("cifar_cnn", "--flagfile=experiments/flagfiles/cifar_cnn.flags",
                      f"--config.data_dir={data}", f"--workdir={wd}",
                      "--config.num_epochs=2", "--config.batch_size=20",
-                     patch_sha={CIFAR_SHA: {("cifar10", "cifar-10-binary.tar.gz"): sha}})
+                     patch={CIFAR_SHA: {("cifar10", "cifar-10-binary.tar.gz"): sha}})
   assert r.returncode == 0, r.stderr[-3000:]
   s = summary(wd)
   assert s["final_step"] == 20 and 0.0 <= s["eval"]["accuracy"] <= 1.0

@@ -20,6 +20,7 @@ from runner import run_experiment, summary
 from jaxdl.configs import ConfigError, base_config, validate
 from jaxdl.data import DataError, folders, load_dataset
 from jaxdl.data import text as text_lib
+from jaxdl.data.cache import default_cache_dir
 from jaxdl.data.sources import load_image_dataset
 
 
@@ -201,12 +202,12 @@ def test_changed_folder_is_never_served_stale(tmp_path):
 def test_cache_location_and_off(tmp_path, monkeypatch):
   root = tmp_path / "data"
   _folder(root)
-  assert folders.default_cache_dir() == str(tmp_path / "xdg" / "jaxdl" / "datasets")
+  assert default_cache_dir() == str(tmp_path / "xdg" / "jaxdl" / "datasets")
   folders.load_image_folder(str(root))                    # '' -> the default
   assert len(_cache_files(tmp_path / "xdg" / "jaxdl" / "datasets")) == 1
   monkeypatch.delenv("XDG_CACHE_HOME")
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  assert folders.default_cache_dir() == str(tmp_path / "home" / ".cache" / "jaxdl" / "datasets")
+  assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "jaxdl" / "datasets")
   folders._MEMO.clear()
   folders.load_image_folder(str(root), cache_dir="none")  # no cache written
   assert not (tmp_path / "home").exists()

@@ -6,15 +6,12 @@ accumulation equal to the whole batch, the non-finite guard."""
 
 from __future__ import annotations
 
-import importlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from conftest import set_field
 from datagen import synthetic_dataset
 from jaxdl import models, parallel
 from jaxdl.train import loop
@@ -25,12 +22,9 @@ def _dataset(config):
 
 
 def _config(model_name, **overrides):
-  experiment, example = models.examples()[model_name]
-  c = importlib.import_module(f"experiments.configs.{experiment}").get_config()
+  c = models.example_config(model_name, **overrides)
   c.batch_size, c.eval_batch_size, c.num_epochs, c.num_steps = 32, 32, 0, 8
   c.tensorboard = False
-  for k, v in {**example, **overrides}.items():
-    set_field(c, k, ml_collections.ConfigDict(v) if isinstance(v, dict) else v)
   if "gan" in c:
     c.gan.fid = False
   if "lm" in c:

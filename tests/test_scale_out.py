@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, build_once
-from runner import NO_PLOTS
+from runner import NO_PLOTS, launch_env
 from jaxdl import parallel, runs
 from jaxdl.configs import base_config
 from jaxdl.train.classification import ClassificationTask
@@ -31,8 +31,7 @@ MNIST_ARGS = ["--flagfile=experiments/flagfiles/mnist_mlp.flags", "--config.num_
 
 
 def _env():
-  return dict(os.environ, PYTHONUNBUFFERED="1",
-              JAXDL_COMPILATION_CACHE=str(REPO / ".pytest_cache" / "xla"))
+  return launch_env({"PYTHONUNBUFFERED": "1"})
 
 
 def single(workdir, devices, *args, env=None):
@@ -72,7 +71,7 @@ def reference_runs(tmp_path_factory, mnist_dir):
     r = multi(base / "2x2", 2, 2, data)
     assert r.returncode == 0, r.stdout[-3000:]
 
-  base, _ = build_once(tmp_path_factory, "scale_out_reference", build)
+  base = build_once(tmp_path_factory, "scale_out_reference", build)
   return {"1x1": base / "1x1", "1x4": base / "1x4", "2x2": base / "2x2", "data": data}
 
 
@@ -94,7 +93,7 @@ def killed_2x2(tmp_path_factory, reference_runs):
               env={"JAXDL_FAULT_KILL": "step:30"})
     assert r.returncode != 0
 
-  return build_once(tmp_path_factory, "scale_out_killed_2x2", build)[0] / "run"
+  return build_once(tmp_path_factory, "scale_out_killed_2x2", build) / "run"
 
 
 @pytest.mark.parametrize("devices", [1, 4])

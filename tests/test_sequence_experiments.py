@@ -13,7 +13,7 @@ from jaxdl.configs import base_config
 from jaxdl.train.engine import Engine
 from jaxdl.train.language_model import LanguageModelTask
 
-IMDB_SHA = "jaxdl.data.text.EXPECTED_SHA256"
+IMDB_SHA = "jaxdl.data.text:EXPECTED_SHA256"
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def imdb_dir(tmp_path_factory):
 def test_smoke_flagfile_learns_the_generated_reviews(tmp_path, imdb_dir, experiment):
   data, sha = imdb_dir
   r = run_experiment(experiment, f"--flagfile=experiments/flagfiles/{experiment}_smoke.flags",
-                     f"--config.data_dir={data}", f"--workdir={tmp_path}", patch_sha=sha)
+                     f"--config.data_dir={data}", f"--workdir={tmp_path}", patch=sha)
   assert r.returncode == 0, r.stderr[-3000:]
   assert (tmp_path / "tokenizer.json").exists()
   s = summary(tmp_path)

@@ -200,7 +200,7 @@ def test_params_table_fallback_counts_every_array():
   assert model_summary.count_params(params) == 17
 
 
-IMDB_SHA = "jaxdl.data.text.EXPECTED_SHA256"
+IMDB_SHA = "jaxdl.data.text:EXPECTED_SHA256"
 
 
 def test_predict_text_run_uses_the_saved_tokenizer(tmp_path, monkeypatch):
@@ -212,7 +212,7 @@ def test_predict_text_run_uses_the_saved_tokenizer(tmp_path, monkeypatch):
   wd = tmp_path / "imdb"
   r = run_experiment("imdb_lstm", "--flagfile=experiments/flagfiles/imdb_lstm_smoke.flags",
                      f"--config.data_dir={data}", f"--workdir={wd}",
-                     patch_sha={IMDB_SHA: {"aclImdb_v1.tar.gz": sha}})
+                     patch={IMDB_SHA: {"aclImdb_v1.tar.gz": sha}})
   assert r.returncode == 0, r.stderr[-3000:]
   monkeypatch.setitem(text.EXPECTED_SHA256, "aclImdb_v1.tar.gz", sha)
   p = predict.load_predictor(str(wd))

@@ -37,7 +37,7 @@ def read(path: str, key: str) -> dict[str, np.ndarray] | None:
     with np.load(path, allow_pickle=False) as z:
       if str(z["key"]) != key:
         return None
-      return {k: z[k] for k in z.files}
+      return {k: z[k] for k in z.files if k != "key"}
   except FileNotFoundError:
     return None
   except Exception as e:  # pylint: disable=broad-except

@@ -322,8 +322,6 @@ def _decode_images(dataset: str, paths: list[str], color_mode: str, size,
 # The on-disk cache (`jaxdl.data.cache`): one entry per (folder, options), so a
 # changed folder overwrites its entry.
 
-default_cache_dir = cache.default_cache_dir
-
 
 def _cache_name(root: str, options: str) -> str:
   return "image_folder-" + hashlib.sha256(f"{root}\0{options}".encode()).hexdigest()[:20] + ".npz"
@@ -355,7 +353,7 @@ def load_image_folder(data_dir: str | None, *, image_size: Sequence[int] | None 
       None / () keeps the stored size, which must then be the same for all.
     color_mode: '' keeps the stored mode, which must be grayscale (C = 1) for
       all or RGB (C = 3) for all; 'grayscale' or 'rgb' converts every image.
-    cache_dir: where decoded arrays are kept; '' = `default_cache_dir()`,
+    cache_dir: where decoded arrays are kept; '' = `jaxdl.data.cache.default_cache_dir()`,
       'none' or None = no disk cache.
     workers: decoding processes; None = one per CPU for large folders.
 

@@ -51,6 +51,19 @@ def examples() -> dict[str, tuple[str, dict]]:
   return out
 
 
+def example_config(name: str, **overrides):
+  """The config of model `name`'s example run (`examples()`): its experiment's
+  `get_config()` with the example's fields, then `overrides`, set ({dotted
+  field: value}; a dict value becomes a ConfigDict)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jaxdl.configs import set_field  # pylint: disable=g-import-not-at-top
+  experiment, example = examples()[name]
+  c = importlib.import_module(f"experiments.configs.{experiment}").get_config()
+  for key, value in {**example, **overrides}.items():
+    set_field(c, key, ml_collections.ConfigDict(value) if isinstance(value, dict) else value)
+  return c
+
+
 def get_model(name: str, **kwargs) -> Model:
   """The registered model `name` built with `kwargs`: a `Model` whose
   `init(key, example) -> variables` and `apply(variables, x, *, train, rngs)
@@ -65,4 +78,4 @@ def get_model(name: str, **kwargs) -> Model:
                                        model.rng_names)
 
 
-__all__ = ["Model", "examples", "from_flax", "make_rngs", "split_variables", "get_model", "registry"]
+__all__ = ["Model", "example_config", "examples", "from_flax", "make_rngs", "split_variables", "get_model", "registry"]
