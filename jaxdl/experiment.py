@@ -37,6 +37,9 @@ def _define_flags(default_config: str) -> None:
   flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port")
   flags.DEFINE_integer("num_processes", None, "jax.distributed process count")
   flags.DEFINE_integer("process_id", None, "jax.distributed process id")
+  flags.DEFINE_integer("heartbeat_timeout", 30,
+                       "seconds without a heartbeat before jax.distributed declares a "
+                       "process lost and stops the others")
   flags.DEFINE_integer("num_cpu_devices", None, "simulated CPU devices in this process")
   flags.DEFINE_bool("tune_cpu", True, "on a CPU backend only, jaxdl.runtime.configure_cpu(): "
                     "XLA's multi-threaded convolutions, a malloc that keeps freed memory "
@@ -143,6 +146,7 @@ def _main(argv) -> None:
   from jaxdl import runtime  # pylint: disable=g-import-not-at-top
   runtime.setup(coordinator_address=FLAGS.coordinator_address,
                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                heartbeat_timeout_s=FLAGS.heartbeat_timeout,
                 num_cpu_devices=FLAGS.num_cpu_devices,
                 compilation_cache=FLAGS.compilation_cache, tune_cpu=FLAGS.tune_cpu)
   import jax  # pylint: disable=g-import-not-at-top

@@ -286,8 +286,9 @@ def quiet_checkpoint_echoes() -> None:
 
 
 def setup(*, coordinator_address: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None, num_cpu_devices: int | None = None,
-          compilation_cache: str | None = "", tune_cpu: bool = True) -> Setup:
+          process_id: int | None = None, heartbeat_timeout_s: int = 30,
+          num_cpu_devices: int | None = None, compilation_cache: str | None = "",
+          tune_cpu: bool = True) -> Setup:
   """The program's process setup (module docstring); call it before any jax
   computation. `tune_cpu=False` leaves jax's CPU defaults."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -304,6 +305,7 @@ def setup(*, coordinator_address: str | None = None, num_processes: int | None =
           platform.convolutions_in(os.environ.get("XLA_FLAGS", "")))
   if num_cpu_devices:
     jax.config.update("jax_num_cpu_devices", num_cpu_devices)
-  distributed = initialize_distributed(coordinator_address, num_processes, process_id)
+  distributed = initialize_distributed(coordinator_address, num_processes, process_id,
+                                       heartbeat_timeout_s)
   cache = enable_compilation_cache(compilation_cache)
   return Setup(distributed, tuned, cache)

@@ -116,8 +116,10 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step(tmp_path, mnist_dir):
   args = (f"--config.data_dir={mnist_dir}", "--config.num_steps=300",
           "--config.eval_every=300", "--config.checkpoint_every=100",
           "--config.log_every=50")
-  r = multi(tmp_path / "ref", 2, 1, *args)
-  assert r.returncode == 0, r.stdout[-3000:]
+  # The reference: one process with 2 devices (its compiles are cached; with 2
+  # devices the all-reduce is one addition, the same in both: bit for bit).
+  r = single(tmp_path / "ref", 2, *args)
+  assert r.returncode == 0, r.stderr[-3000:]
   wd = tmp_path / "run"
   r = multi(wd, 2, 1, *args, "--config.preemption_grace_s=60",
             env={"JAXDL_FAULT_KILL": "term:step:5", "JAXDL_FAULT_PROCESS": "1"})
@@ -140,7 +142,7 @@ def test_losing_a_process_stops_the_other_and_the_next_launch_resumes(tmp_path, 
   args = [*MNIST_ARGS, f"--config.data_dir={mnist_dir}", "--config.num_steps=100000",
           "--config.checkpoint_every=50", "--config.eval_every=50", f"--workdir={wd}",
           "--coordinator_address=127.0.0.1:%d" % _free_port(), "--num_processes=2",
-          "--num_cpu_devices=1"]
+          "--num_cpu_devices=1", "--heartbeat_timeout=5"]
   procs = [subprocess.Popen([PY, "-m", "experiments.mnist_mlp", *args, f"--process_id={i}"],
                             cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
@@ -159,7 +161,7 @@ def test_losing_a_process_stops_the_other_and_the_next_launch_resumes(tmp_path, 
       if p.poll() is None:
         p.kill()
   assert procs[0].returncode != 0
-  assert waited < 60, waited
+  assert waited < 30, waited  # noticed through the 5 s heartbeat, not by hanging
   assert "unhealthy" in out and "heartbeats):\n1\n" in out, out[-2000:]
   committed = max(int(p) for p in _ls(wd / "checkpoints") if p.isdigit())
   r = single(wd, 2, f"--config.data_dir={mnist_dir}", f"--config.num_steps={committed + 20}",
