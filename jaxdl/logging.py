@@ -31,11 +31,14 @@ def write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def set_aside_metrics(workdir: str, tag: str) -> str:
-  """Renames `workdir/metrics.jsonl` to `metrics.jsonl.<tag>.<time>` (process 0)."""
+def set_aside_metrics(workdir: str, tag: str) -> str | None:
+  """Renames `workdir/metrics.jsonl` to `metrics.jsonl.<tag>.<time>` (process
+  0); the new name, or None where there was no log to move."""
   path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
   new = f"{path}.{tag}.{int(time.time())}"
-  if _is_chief() and os.path.exists(path):
+  if _is_chief():
     os.replace(path, new)
   return new
 

@@ -120,7 +120,8 @@ class Run:
         self.checkpointer.quarantine(s)
       moved = jlog.set_aside_metrics(self.workdir, "before_start_over")
       print(f"warning: no checkpoint verifies; starting over from step 0 (config.start_over)"
-            f"; steps {e.steps} moved to corrupt/, the old metrics to {moved}", file=sys.stderr)
+            f"; steps {e.steps} moved to corrupt/"
+            + (f", the old metrics to {moved}" if moved else ""), file=sys.stderr)
       state, step = None, None
     if step is None:
       if data_iterator is not None:

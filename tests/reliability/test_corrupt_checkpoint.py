@@ -178,7 +178,16 @@ def test_start_over_trains_again_and_keeps_the_damaged_files(base, tmp_path, cap
   assert corrupt == sorted(p.name for p in steps)
   (old,) = wd.glob("metrics.jsonl.before_start_over.*")
   assert old.read_text() == log
-  assert "starting over from step 0" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "starting over from step 0" in err and f"the old metrics to {old}" in err
+
+
+def test_setting_aside_no_log_names_no_file(tmp_path):
+  from jaxdl import logging as jlog  # pylint: disable=g-import-not-at-top
+  assert jlog.set_aside_metrics(str(tmp_path), "before_start_over") is None
+  (tmp_path / "metrics.jsonl").write_text("{}\n")
+  moved = jlog.set_aside_metrics(str(tmp_path), "before_start_over")
+  assert moved and open(moved).read() == "{}\n" and not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_garbage_step_metadata_is_tolerated_because_the_state_verifies(base, tmp_path):
