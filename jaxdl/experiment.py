@@ -29,6 +29,7 @@ EXIT_ERROR = 1
 def _define_flags(default_config: str) -> None:
   if "workdir" in flags.FLAGS:
     return
+  from jaxdl.runtime import HEARTBEAT_TIMEOUT_S  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", default_config,
                                   "ml_collections config file", lock_config=True)
   flags.DEFINE_string("workdir", None, "the run's folder; a second launch resumes it")
@@ -37,7 +38,7 @@ def _define_flags(default_config: str) -> None:
   flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port")
   flags.DEFINE_integer("num_processes", None, "jax.distributed process count")
   flags.DEFINE_integer("process_id", None, "jax.distributed process id")
-  flags.DEFINE_integer("heartbeat_timeout", 30,
+  flags.DEFINE_integer("heartbeat_timeout", HEARTBEAT_TIMEOUT_S,
                        "seconds without a heartbeat before jax.distributed declares a "
                        "process lost and stops the others")
   flags.DEFINE_integer("num_cpu_devices", None, "simulated CPU devices in this process")

@@ -205,17 +205,20 @@ def distributed_request(coordinator_address: str | None = None,
   return None
 
 
+# A lost process is noticed by the others within this many seconds (jax's
+# default is 100 s); they then stop instead of hanging. `--heartbeat_timeout`.
+HEARTBEAT_TIMEOUT_S = 30
+
+
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None,
-                           heartbeat_timeout_s: int = 30) -> bool:
+                           heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> bool:
   """Starts `jax.distributed` if `distributed_request` says so; True if it did."""
   request = distributed_request(coordinator_address, num_processes, process_id)
   if request is None:
     return False
   import jax  # pylint: disable=g-import-not-at-top
-  # A lost process is noticed by the others within the heartbeat timeout
-  # (jax's default is 100 s); they then stop instead of hanging.
   jax.distributed.initialize(coordinator_address=request.coordinator_address,
                              num_processes=request.num_processes,
                              process_id=request.process_id,
@@ -286,7 +289,7 @@ def quiet_checkpoint_echoes() -> None:
 
 
 def setup(*, coordinator_address: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None, heartbeat_timeout_s: int = 30,
+          process_id: int | None = None, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
           num_cpu_devices: int | None = None, compilation_cache: str | None = "",
           tune_cpu: bool = True) -> Setup:
   """The program's process setup (module docstring); call it before any jax

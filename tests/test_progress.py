@@ -5,19 +5,16 @@ import pty
 import subprocess
 
 from conftest import REPO
-from runner import NO_PLOTS, PY
+from runner import launch_cmd, launch_env
 
 
 def test_progress_bar_on_a_pseudo_terminal_updates_in_place(tmp_path):
   master, slave = pty.openpty()
-  env = dict(os.environ, COLUMNS="120",
-             JAXDL_COMPILATION_CACHE=str(REPO / ".pytest_cache" / "xla"))
   proc = subprocess.Popen(
-      [PY, "-m", "experiments.mnist_mlp", "--config.dataset=digits",
-       "--config.num_epochs=0", "--config.num_steps=400", "--config.batch_size=32",
-       "--config.eval_every=400", "--config.log_every=100", NO_PLOTS,
-       f"--workdir={tmp_path}"],
-      cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
+      launch_cmd("mnist_mlp", "--config.dataset=digits", "--config.num_epochs=0",
+                 "--config.num_steps=400", "--config.batch_size=32",
+                 "--config.eval_every=400", "--config.log_every=100", f"--workdir={tmp_path}"),
+      cwd=REPO, env=launch_env({"COLUMNS": "120"}), stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL)
   os.close(slave)
   out = b""
   while True:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, build_once
-from runner import NO_PLOTS, launch_env
+from runner import NO_PLOTS, launch_cmd, launch_env, run_experiment
 from jaxdl import parallel, runs
 from jaxdl.configs import base_config
 from jaxdl.train.classification import ClassificationTask
@@ -27,26 +27,23 @@ PY = sys.executable
 # turns a 1-ulp difference of a near-zero gradient into a visible step.
 MNIST_ARGS = ["--flagfile=experiments/flagfiles/mnist_mlp.flags", "--config.num_epochs=0",
               "--config.num_steps=40", "--config.eval_every=20", "--config.log_every=20",
-              "--config.model.kwargs.dropout=0.0", NO_PLOTS]
-
-
-def _env():
-  return launch_env({"PYTHONUNBUFFERED": "1"})
+              "--config.model.kwargs.dropout=0.0"]
+UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
 
 
 def single(workdir, devices, *args, env=None):
-  return subprocess.run([PY, "-m", "experiments.mnist_mlp", *MNIST_ARGS, *args,
-                         f"--workdir={workdir}", f"--num_cpu_devices={devices}"],
-                        cwd=REPO, env={**_env(), **(env or {})}, capture_output=True,
-                        text=True, timeout=300)
+  return run_experiment("mnist_mlp", *MNIST_ARGS, *args, f"--workdir={workdir}",
+                        f"--num_cpu_devices={devices}", env={**UNBUFFERED, **(env or {})},
+                        timeout=300)
 
 
 def multi(workdir, processes, devices, *args, env=None):
   return subprocess.run([PY, "scripts/launch_local.py", f"--num_processes={processes}",
                          f"--devices_per_process={devices}", "--timeout=240",
-                         "experiments.mnist_mlp", *MNIST_ARGS, *args, f"--workdir={workdir}"],
-                        cwd=REPO, env={**_env(), **(env or {})}, capture_output=True,
-                        text=True, timeout=300)
+                         "experiments.mnist_mlp", *MNIST_ARGS, NO_PLOTS, *args,
+                         f"--workdir={workdir}"],
+                        cwd=REPO, env=launch_env({**UNBUFFERED, **(env or {})}),
+                        capture_output=True, text=True, timeout=300)
 
 
 def params(workdir):
@@ -143,8 +140,8 @@ def test_losing_a_process_stops_the_other_and_the_next_launch_resumes(tmp_path, 
           "--config.checkpoint_every=50", "--config.eval_every=50", f"--workdir={wd}",
           "--coordinator_address=127.0.0.1:%d" % _free_port(), "--num_processes=2",
           "--num_cpu_devices=1", "--heartbeat_timeout=10"]
-  procs = [subprocess.Popen([PY, "-m", "experiments.mnist_mlp", *args, f"--process_id={i}"],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+  procs = [subprocess.Popen(launch_cmd("mnist_mlp", *args, f"--process_id={i}"),
+                            cwd=REPO, env=launch_env(UNBUFFERED), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
     deadline = time.monotonic() + 180

@@ -3,14 +3,13 @@
 import csv
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO
-from runner import NO_PLOTS
+from runner import NO_PLOTS, launch_env
 
 _spec = importlib.util.spec_from_file_location("sweep", REPO / "scripts" / "sweep.py")
 sweep = importlib.util.module_from_spec(_spec)
@@ -55,9 +54,8 @@ def test_two_point_sweep_runs_and_ranks(tmp_path):
          "--config.dataset=digits", "--config.model.kwargs.hidden=(32,)",
          "--config.num_epochs=0", "--config.num_steps=40", "--config.batch_size=32",
          "--config.log_every=20", NO_PLOTS]
-  env = {"JAXDL_COMPILATION_CACHE": str(REPO / ".pytest_cache" / "xla")}
   r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                     env=dict(os.environ, **env))
+                     env=launch_env())
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
   with open(root / "results.csv", newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
